@@ -1,0 +1,1 @@
+"""Benchmarks comparing graphc's compiled training step with numpy, PyTorch and JAX."""

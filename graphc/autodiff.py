@@ -1,0 +1,121 @@
+"""Reverse-mode autodiff: gradient nodes appended to the same graph.
+
+One sweep over the nodes between the output and the wanted inputs, in reverse topological
+order (node ids), so the work is linear in graph size and needs no recursion. Gradient rules
+may return gradients of a broadcast shape; reducing them back to the operand's shape
+(`unbroadcast`) and summing contributions from several uses happen here, once, for all ops.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from graphc.errors import GraphError, user_location
+from graphc.ir import Graph, Value, ancestors, as_values, building_gradient, format_shape, is_float
+from graphc.ops import OPS, add, reshape_like, sum, zeros_like
+
+
+def unbroadcast(g: Value, shape: tuple, ref: Value) -> Value:
+    """Sum `g` over the axes that broadcasting added or stretched to reach it from `shape`."""
+    if g.shape == shape:
+        return g
+    extra = g.ndim - len(shape)
+    if extra < 0:
+        raise GraphError(f"internal: gradient of shape {format_shape(g.shape)} cannot be "
+                         f"reduced to {format_shape(shape)}")
+    if extra:
+        g = sum(g, axis=tuple(range(extra)))
+    stretched = tuple(i for i, (gd, d) in enumerate(zip(g.shape, shape)) if d == 1 and gd != 1)
+    if stretched:
+        g = sum(g, axis=stretched, keepdims=True)
+    if g.shape != shape:  # only run-time sizes differ: shapes agree at run time
+        g = reshape_like(g, ref)
+    return g
+
+
+def _depends_on(graph: Graph, relevant: set[int], wrt: set[int]) -> set[int]:
+    """Nodes in `relevant` with a path from some node of `wrt` (through gradient routes)."""
+    live: set[int] = set()
+    for nid in sorted(relevant):
+        if nid in wrt:
+            live.add(nid)
+            continue
+        custom = graph.custom_gradients.get(nid)
+        inputs = custom.inputs if custom is not None else graph.nodes[nid].inputs
+        if any(i in live for i in inputs):
+            live.add(nid)
+    return live
+
+
+def grad(y: Value, xs: Any) -> Any:
+    """Symbolic gradient of scalar `y` with respect to each of `xs` (inputs or params).
+
+    Returns Values in the same graph (a list, or one Value if `xs` is one Value). Gradients
+    of values `y` does not depend on are zeros of their shape. The gradient nodes are
+    ordinary nodes marked as backward, so they can be printed, evaluated, compiled and
+    differentiated again.
+    """
+    targets, single = as_values(xs)
+    if not isinstance(y, Value):
+        raise GraphError(f"grad: y must be a graphc Value, got {type(y).__name__}")
+    graph = y.graph
+    if y.shape != ():
+        raise GraphError(f"grad: y must be a scalar, got shape {format_shape(y.shape)} from "
+                         f"{y.op} at {y.node.where}; reduce it first (e.g. gc.mean)\n"
+                         f"  at {user_location()}")
+    if not is_float(y.dtype):
+        raise GraphError(f"grad: y must be floating point, got {y.dtype}")
+    for x in targets:
+        if x.graph is not graph:
+            raise GraphError(f"grad: {x!r} belongs to a different graph than y")
+        if not is_float(x.dtype):
+            raise GraphError(f"grad: {x.node.label} has dtype {x.dtype}; only floating-point "
+                             f"values have gradients\n  at {user_location()}")
+
+    wrt = {x.id for x in targets}
+    relevant = _depends_on(graph, ancestors(graph, [y.id], through_custom=True), wrt)
+    contributions: dict[int, list[Value]] = {}
+    totals: dict[int, Value] = {}
+    if y.id in relevant:
+        with building_gradient(y.id, "seed: d y / d y = 1"):
+            contributions[y.id] = [graph.const(1, dtype=y.dtype)]
+
+    for nid in sorted(relevant, reverse=True):
+        parts = contributions.pop(nid, None)
+        if not parts:
+            continue
+        node = graph.nodes[nid]
+        with building_gradient(nid, f"sum of {len(parts)} gradient contributions"):
+            total = parts[0]
+            for part in parts[1:]:
+                total = add(total, part)
+        totals[nid] = total
+        custom = graph.custom_gradients.get(nid)
+        if custom is not None:
+            input_ids, rule, rule_name = custom.inputs, custom.rule, f"{custom.name} rule"
+            attrs: dict[str, Any] = {}
+        else:
+            op = OPS.get(node.op)
+            if op is None or op.vjp is None or not node.inputs:
+                continue
+            input_ids, rule, rule_name, attrs = node.inputs, op.vjp, f"{node.op} vjp", node.attrs
+        needs = tuple(i in relevant and is_float(graph.nodes[i].dtype) for i in input_ids)
+        if not any(needs):
+            continue
+        inputs = [Value(graph, i) for i in input_ids]
+        with building_gradient(nid, rule_name):
+            grads = rule(total, Value(graph, nid), inputs, needs, **attrs)
+            for inp, need, gi in zip(inputs, needs, grads):
+                if not need or gi is None:
+                    continue
+                gi = unbroadcast(gi, inp.shape, inp)
+                contributions.setdefault(inp.id, []).append(gi)
+
+    results = []
+    for x in targets:
+        if x.id in totals:
+            results.append(totals[x.id])
+        else:
+            with building_gradient(x.id, "zero: y does not depend on this value"):
+                results.append(zeros_like(x))
+    return results[0] if single else results

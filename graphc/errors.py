@@ -1,0 +1,43 @@
+"""Errors raised by graphc, and where in the user's code they come from."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_KERNELS_DIR = os.path.join(os.path.dirname(_PACKAGE_DIR), "kernels")
+
+
+class GraphError(ValueError):
+    """A graph cannot be built or run as declared (shape, dtype, name or feed mismatch)."""
+
+
+class FeedError(GraphError):
+    """A feed given to `evaluate` or a compiled function is missing, unknown or malformed."""
+
+
+class NonFiniteError(FloatingPointError):
+    """A training step produced NaN or Inf; parameters were left as they were."""
+
+
+def _is_internal(filename: str) -> bool:
+    path = os.path.abspath(filename)
+    return path.startswith(_PACKAGE_DIR + os.sep) or path.startswith(_KERNELS_DIR + os.sep)
+
+
+def user_location() -> str:
+    """`file:line` of the innermost stack frame outside graphc itself ('<unknown>' if none)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not _is_internal(filename) and not filename.startswith("<frozen"):
+            return f"{filename}:{frame.f_lineno}"
+        frame = frame.f_back
+    return "<unknown>"
+
+
+def short_location(where: str) -> str:
+    """`where` with the directory stripped, for compact listings."""
+    path, _, line = where.rpartition(":")
+    return f"{os.path.basename(path)}:{line}" if path else where

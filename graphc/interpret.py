@@ -1,0 +1,75 @@
+"""The numpy reference interpreter: the oracle for every compiled result."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from graphc.errors import GraphError, NonFiniteError
+from graphc.feeds import check_feeds
+from graphc.ir import Graph, ancestors, as_values, format_shape
+from graphc.ops import OPS
+
+
+def run_nodes(graph: Graph, output_ids: list[int], feeds: Mapping[str, Any], *,
+              check_finite: bool = False, params: Mapping[str, np.ndarray] | None = None
+              ) -> dict[int, np.ndarray]:
+    """Evaluate the nodes `output_ids` need; returns every computed value by node id."""
+    needed = sorted(ancestors(graph, output_ids))
+    inputs = [graph.nodes[i] for i in needed if graph.nodes[i].op == "input"]
+    all_inputs = [n for n in graph.nodes if n.op == "input"]
+    arrays = check_feeds(inputs, feeds, all_inputs=all_inputs)
+    storage = graph.param_values if params is None else params
+    values: dict[int, np.ndarray] = {}
+    with np.errstate(all="ignore"):
+        for nid in needed:
+            node = graph.nodes[nid]
+            if node.op == "input":
+                result = arrays[node.name]
+            elif node.op == "param":
+                result = storage[node.name]
+            elif node.op == "const":
+                result = node.attrs["value"]
+            else:
+                args = [values[i] for i in node.inputs]
+                try:
+                    result = np.asarray(OPS[node.op].ref(*args, **node.attrs))
+                except (ValueError, IndexError) as err:
+                    shapes = ", ".join(f"{a.shape} {a.dtype}" for a in args)
+                    raise GraphError(f"{node.op} {node.label} built at {node.where} failed on "
+                                     f"operands {shapes}: {err}") from None
+                if result.dtype != node.dtype:
+                    raise GraphError(f"internal: {node.op} produced {result.dtype}, declared "
+                                     f"{node.dtype}")
+                _check_runtime_shape(node, result)
+                if check_finite and result.dtype.kind == "f" and not np.all(np.isfinite(result)):
+                    raise NonFiniteError(f"{node.op} {node.label} built at {node.where} produced "
+                                         "a non-finite value (NaN or Inf)")
+            values[nid] = result
+    return values
+
+
+def _check_runtime_shape(node: Any, result: np.ndarray) -> None:
+    if result.ndim != len(node.shape) or any(
+            d is not None and d != s for d, s in zip(node.shape, result.shape)):
+        raise GraphError(f"{node.op} {node.label} built at {node.where}: run-time shape "
+                         f"{result.shape} does not match its declared shape "
+                         f"{format_shape(node.shape)} (run-time sizes disagree)")
+
+
+def evaluate(outputs: Any, feeds: Mapping[str, Any] | None = None, *,
+             check_finite: bool = False) -> Any:
+    """Evaluate a Value or list of Values with numpy, given `feeds` {input_name: array}.
+
+    Returns one array for one Value, else a list. With `check_finite`, the first node that
+    produces NaN or Inf raises NonFiniteError naming the node and the user's line.
+    """
+    values, single = as_values(outputs)
+    if not values:
+        return []
+    graph = values[0].graph
+    computed = run_nodes(graph, [v.id for v in values], feeds or {}, check_finite=check_finite)
+    results = [computed[v.id] for v in values]
+    return results[0] if single else results
