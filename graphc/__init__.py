@@ -10,6 +10,8 @@ from graphc.autodiff import grad
 from graphc.errors import FeedError, GraphError, NonFiniteError
 from graphc.inspect import format_graph, to_dot, to_networkx
 from graphc.interpret import evaluate
+from graphc.compiler import compile
+from graphc import optim
 from graphc.ir import Graph, Value
 from graphc.ops import (
     abs,
@@ -66,6 +68,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FeedError", "Graph", "GraphError", "NonFiniteError", "Value", "abs", "add", "broadcast_to",
+    "compile", "optim",
     "cast", "concat", "div", "equal", "erf", "evaluate", "exp", "expand_dims", "format_graph",
     "gelu", "grad", "greater", "leaky_relu", "less", "log", "log_softmax", "logsumexp",
     "matmul", "max", "maximum", "mean", "min", "minimum", "mse", "mul", "neg", "nn", "one_hot",

@@ -34,7 +34,7 @@ def describe(node: Node, graph: Graph) -> str:
         value = node.attrs["value"]
         shown = repr(value.item()) if value.ndim == 0 else f"array{format_shape(value.shape)}"
         return f"const {shown}"
-    if node.op in ("input", "param"):
+    if node.op in ("input", "param", "state"):
         return node.op
     operands = [graph.nodes[i].label for i in node.inputs]
     attrs = [f"{k}={_format_attr(v)}" for k, v in node.attrs.items()]
@@ -54,7 +54,14 @@ def format_graph(target: Any) -> str:
     """A listing, one node per line in topological order: name, op and operands, shape,
     dtype and the user's file:line. Backward nodes are marked with the forward node and the
     rule that produced them; requested outputs are marked `<- output k`."""
+    if hasattr(target, "__graphc_listing__"):
+        return target.__graphc_listing__()
     graph, ids, outputs = _select(target)
+    return format_nodes(graph, ids, outputs)
+
+
+def format_nodes(graph: Graph, ids: list[int], outputs: list[int]) -> str:
+    """The `format_graph` listing of the nodes `ids` of `graph`."""
     nodes = [graph.nodes[i] for i in ids]
     counts: dict[str, int] = {}
     for n in nodes:

@@ -30,6 +30,8 @@ def run_nodes(graph: Graph, output_ids: list[int], feeds: Mapping[str, Any], *,
                 result = arrays[node.name]
             elif node.op == "param":
                 result = storage[node.name]
+            elif node.op == "state":
+                result = graph.state_values[node.name]
             elif node.op == "const":
                 result = node.attrs["value"]
             else:

@@ -121,6 +121,10 @@ class Graph:
         self.param_values: dict[str, np.ndarray] = {}
         self.custom_gradients: dict[int, CustomGradient] = {}
         self.outputs: list[int] = []
+        # Compiled programs only: state buffers (optimizer moments) and in-place updates,
+        # each (storage name, node id) meaning "after the step, storage[name] = node".
+        self.state_values: dict[str, np.ndarray] = {}
+        self.updates: list[tuple[str, int]] = []
         self._names: dict[str, int] = {}
         self._auto_names: dict[str, int] = {}
 
@@ -216,8 +220,8 @@ class Graph:
                  dtype: str, *, name: str | None = None, where: str | None = None) -> Node:
         """Append a node (inputs must already be in this graph). Used by op definitions."""
         prov = _provenance.get()
-        if op in ("input", "param", "const"):
-            role = op
+        if op in ("input", "param", "const", "state"):
+            role = "param" if op == "state" else op
         else:
             role = "backward" if prov is not None else "forward"
         node = Node(len(self.nodes), op, tuple(inputs), attrs, tuple(shape), dtype, role,
@@ -240,15 +244,34 @@ class Graph:
             raise GraphError(f"name {name!r} is already used by the {other.op} declared at "
                              f"{other.where}")
 
+    def state(self, name: str, value: np.ndarray) -> Value:
+        """A non-trainable buffer updated by the compiled step (optimizer moments)."""
+        self._claim_name(name, "state")
+        self.state_values[name] = np.array(value, order="C", copy=True)
+        return self._leaf("state", tuple(value.shape), canonical_dtype(value.dtype), name, {})
+
     def copy_structure(self) -> Graph:
-        """A new empty graph sharing this one's name, seed, dtype and parameter storage."""
+        """A new empty graph sharing this one's name, seed, dtype and leaf storage."""
         other = Graph.__new__(Graph)
         other.name, other.seed, other.dtype, other.rng = self.name, self.seed, self.dtype, self.rng
         other.nodes = []
         other.param_values = self.param_values
+        other.state_values = self.state_values
         other.custom_gradients = {}
         other.outputs = []
+        other.updates = []
         other._names, other._auto_names = {}, self._auto_names
+        return other
+
+    def fork(self) -> Graph:
+        """A copy with the same nodes that new nodes can be appended to without changing
+        this graph (parameter storage stays shared)."""
+        other = self.copy_structure()
+        other.nodes = list(self.nodes)
+        other.custom_gradients = dict(self.custom_gradients)
+        other.outputs = list(self.outputs)
+        other.updates = list(self.updates)
+        other._names = dict(self._names)
         return other
 
 

@@ -75,9 +75,13 @@ def softmax_cross_entropy(logits: Value, labels: Value) -> Value:
     target = one_hot(labels, classes, logits.dtype)
     loss = lse - sum(logits * target, axis=-1)
 
+    lse_id, target_id = lse.id, target.id
+
     def rule(g: Value, out: Value, inputs: list[Value], needs: tuple) -> tuple:
-        probs = exp(inputs[0] - expand_dims(lse, -1))
-        return (expand_dims(g, -1) * (probs - target), None)
+        # ids, not Values: the rule also runs in forks of this graph made by compile
+        graph = g.graph
+        probs = exp(inputs[0] - expand_dims(graph.value(lse_id), -1))
+        return (expand_dims(g, -1) * (probs - graph.value(target_id)), None)
 
     logits.graph.custom_gradients[loss.id] = CustomGradient(
         "softmax_cross_entropy", (logits.id, labels.id), rule)

@@ -1,0 +1,497 @@
+"""CPU code generation: fusion groups -> Python source for `numba.njit`.
+
+Each loop group becomes one kernel function in a file named by the hash of its source, so
+structurally identical kernels (the optimizer update of every parameter of one shape, the
+same bias-add in two graphs) are compiled once. The step function, one njit entry for the
+whole program, calls the kernels and BLAS in order. Rank-0 values live in 1-element arrays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from graphc.codegen.cache import CacheStats, write_module
+from graphc.errors import short_location
+from graphc.ir import Graph, Node
+from graphc.ops import OPS
+from graphc.passes.fusion import BROADCASTS, Group, data_inputs
+from graphc.passes.memory import MemoryPlan, storage_root
+
+FASTMATH = "{'reassoc', 'nsz', 'contract'}"
+KERNEL_DECORATOR = (f"@njit(cache=True, nogil=True, fastmath={FASTMATH}, error_model='numpy', "
+                    "boundscheck=False)")
+_MATH = ("exp", "log", "tanh", "sigmoid", "sqrt", "erf", "pow")
+_CTOR = {"float32": "np.float32", "float64": "np.float64", "int8": "np.int8",
+         "int16": "np.int16", "int32": "np.int32", "int64": "np.int64", "uint8": "np.uint8",
+         "uint16": "np.uint16", "uint32": "np.uint32", "uint64": "np.uint64",
+         "bool": "np.bool_"}
+
+
+def _kernel_library_version() -> str:
+    """Hash of the hand-written scalar kernels generated code calls: a change to them must
+    change every generated file (Numba's cache does not track callees)."""
+    import kernels.cpu.fastmath as fm
+    import kernels.cpu.scalar as sc
+
+    digest = hashlib.sha256()
+    for mod in (fm, sc):
+        with open(mod.__file__, "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()[:16]
+
+
+KERNEL_PRELUDE = """import math
+
+import numpy as np
+from numba import njit
+
+from kernels.cpu.scalar import (
+    erf_f32, erf_f64, exp_f32, exp_f64, log_f32, log_f64, pow_f32, pow_f64, sigmoid_f32,
+    sigmoid_f64, sqrt_f32, sqrt_f64, tanh_f32, tanh_f64,
+)
+"""
+
+
+def literal(value: np.ndarray, dtype: str) -> str:
+    v = value.reshape(()).item()
+    if dtype == "bool":
+        return "True" if v else "False"
+    if isinstance(v, float):
+        if np.isnan(v):
+            text = "np.nan"
+        elif np.isinf(v):
+            text = "np.inf" if v > 0 else "-np.inf"
+        else:
+            text = repr(v)
+    else:
+        text = repr(int(v))
+    return f"{_CTOR[dtype]}({text})"
+
+
+def _scalar_expr(node: Node, operands: list[str], graph: Graph) -> str:
+    if node.op in BROADCASTS:
+        return operands[0]
+    op = OPS[node.op]
+    template = op.scalar or ""
+    source_dtype = graph.nodes[node.inputs[0]].dtype if node.inputs else node.dtype
+    suffix = "_f64" if source_dtype == "float64" else "_f32"
+    for name in _MATH:
+        template = template.replace(f"_{name}(", f"{name}{suffix}(")
+    if node.op == "pow":
+        template = f"pow{suffix}({{0}}, {{1}})"
+    attrs = {k: v for k, v in node.attrs.items() if k != "dtype"}
+    return template.format(*operands, T=_CTOR[node.dtype], **attrs)
+
+
+@dataclass
+class Kernel:
+    """One generated kernel: its source, the file it lives in, and what it computes."""
+
+    group: Group
+    name: str
+    source: str
+    module: str = ""
+    path: str = ""
+    nodes: list[int] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+
+
+class StepWriter:
+    """Builds the step function and the kernels it calls."""
+
+    def __init__(self, graph: Graph, groups: list[Group], memory: MemoryPlan,
+                 stats: CacheStats | None = None) -> None:
+        self.stats = stats
+        self.graph = graph
+        self.groups = groups
+        self.memory = memory
+        self.args: list[tuple[str, object]] = []   # (kind, key) per array argument
+        self.arg_index: dict[tuple[str, object], int] = {}
+        self.size_slots: list[tuple[int, int]] = []  # (node id, axis) per sizes[] entry
+        self.size_index: dict[tuple[int, int], int] = {}
+        self.names: dict[int, str] = {}
+        self.kernels: list[Kernel] = []
+        self.body: list[str] = []
+        self.contiguous: dict[int, bool] = {}
+
+    # -- naming ---------------------------------------------------------------------
+    def arg(self, kind: str, key: object) -> str:
+        k = (kind, key)
+        if k not in self.arg_index:
+            self.arg_index[k] = len(self.args)
+            self.args.append(k)
+        return f"a{self.arg_index[k]}"
+
+    def dim(self, nid: int, axis: int) -> str:
+        d = self.graph.nodes[nid].shape[axis]
+        if d is not None:
+            return str(d)
+        key = (nid, axis)
+        if key not in self.size_index:
+            self.size_index[key] = len(self.size_slots)
+            self.size_slots.append(key)
+        return f"sizes[{self.size_index[key]}]"
+
+    def shape_tuple(self, nid: int) -> str:
+        node = self.graph.nodes[nid]
+        if not node.shape:
+            return "(1,)"
+        dims = [self.dim(nid, a) for a in range(len(node.shape))]
+        return "(" + ", ".join(dims) + ",)"
+
+    def value(self, nid: int) -> str:
+        """The step-local name of a node's array, binding leaves on first use."""
+        if nid in self.names:
+            return self.names[nid]
+        node = self.graph.nodes[nid]
+        if node.op == "input":
+            name = self.arg("feed", node.name)
+        elif node.op in ("param", "state"):
+            name = self.arg(node.op, node.name)
+        elif node.op == "const":
+            name = self.arg("const", nid)
+        else:
+            raise KeyError(nid)
+        self.names[nid] = name
+        self.contiguous[nid] = True
+        return name
+
+    # -- whole step -------------------------------------------------------------------
+    def write(self) -> str:
+        phase_switch = next((k for k, g in enumerate(self.groups) if g.phase == 2),
+                            len(self.groups))
+        for k, group in enumerate(self.groups):
+            if k == phase_switch:
+                self.emit_check()
+            self.emit_group(group)
+        if phase_switch == len(self.groups):
+            self.emit_check()
+        for name, nid in self.graph.updates:
+            if nid not in self.memory.inplace:
+                kind = "param" if name in self.graph.param_values else "state"
+                self.body.append(f"{self.arg(kind, name)}[...] = {self.value(nid)}"
+                                 if self.graph.nodes[nid].shape else
+                                 f"{self.arg(kind, name)}[0] = {self.value(nid)}[0]")
+        for k, nid in enumerate(self.graph.outputs):
+            self.body.append(f"out{k} = {self.value(nid)}")
+        outs = "".join(f"out{k}, " for k in range(len(self.graph.outputs)))
+        self.body.append(f"return True, ({outs})")
+        params = ", ".join([f"a{i}" for i in range(len(self.args))] + ["sizes", "check"])
+        imports = sorted({f"from {k.module} import kernel as {k.name}" for k in self.kernels})
+        lines = ["import numpy as np", "from numba import njit", "",
+                 "from kernels.cpu.linalg import batched_matmul", *imports, "", "",
+                 "@njit(cache=True, nogil=True)", f"def step({params}):"]
+        lines += ["    " + line for line in self.body]
+        return "\n".join(lines) + "\n"
+
+    def emit_check(self) -> None:
+        floats = [nid for nid in self.graph.outputs
+                  if self.graph.nodes[nid].dtype in ("float32", "float64")
+                  and self.graph.nodes[nid].shape == ()]
+        if not floats or not self.graph.updates:
+            return
+        cond = " or ".join(f"not np.isfinite({self.value(n)}[0])" for n in floats)
+        outs = "".join(f"{self.value(n)}, " for n in self.graph.outputs)
+        self.body.append(f"if check and ({cond}):")
+        self.body.append(f"    return False, ({outs})")
+
+    def bind_store(self, nid: int) -> str:
+        if nid in self.memory.inplace:
+            name = self.memory.inplace[nid]
+            kind = "param" if name in self.graph.param_values else "state"
+            target = self.arg(kind, name)
+        else:
+            target = self.arg("pool", nid)
+        self.names[nid] = target
+        self.contiguous[nid] = True
+        return target
+
+    def emit_group(self, group: Group) -> None:
+        node = self.graph.nodes[group.root]
+        nodes = ", ".join(self.graph.nodes[n].label + ":" + self.graph.nodes[n].op
+                          for n in group.nodes)
+        lines = sorted({short_location(self.graph.nodes[n].where) for n in group.nodes})
+        self.body.append(f"# {group.kind} [{nodes}] from {', '.join(lines)}")
+        if group.kind == "loop":
+            self.emit_loop(group)
+        elif group.kind == "matmul":
+            self.emit_matmul(node)
+        elif group.kind == "view":
+            self.emit_view(node)
+        elif group.kind == "shape":
+            self.names[node.id] = self.arg("dim", node.id)
+            self.contiguous[node.id] = True
+        elif group.kind == "index":
+            self.emit_index(node)
+        else:
+            raise NotImplementedError(f"no CPU code for {group.kind} group ({node.op})")
+
+    # -- groups ---------------------------------------------------------------------
+    def emit_matmul(self, node: Node) -> None:
+        a, b = (self.value(i) for i in node.inputs)
+        out = self.bind_store(node.id)
+        if len(node.shape) == 2:
+            self.body.append(f"np.dot({a}, {b}, {out})")
+            return
+        na, nb = (self.graph.nodes[i] for i in node.inputs)
+        batch = len(node.shape) - 2
+        sa = self.batch_view(a, na, node, batch)
+        sb = self.batch_view(b, nb, node, batch)
+        so = f"{out}.reshape((-1, {self.dim(node.id, batch)}, {self.dim(node.id, batch + 1)}))"
+        self.body.append(f"batched_matmul({sa}, {sb}, {so})")
+
+    def batch_view(self, name: str, operand: Node, node: Node, batch: int) -> str:
+        """`name` as a contiguous 3-D (batch, rows, cols) array, its batch broadcast."""
+        full = f"np.ascontiguousarray({name})"
+        rows = self.dim(operand.id, len(operand.shape) - 2)
+        cols = self.dim(operand.id, len(operand.shape) - 1)
+        if len(operand.shape) == 2 or all(d == 1 for d in operand.shape[:-2]):
+            return f"{full}.reshape((1, {rows}, {cols}))"
+        if operand.shape[:-2] == node.shape[:-2]:
+            return f"{full}.reshape((-1, {rows}, {cols}))"
+        target = "(" + ", ".join(self.dim(node.id, a) for a in range(batch)) + f", {rows}, {cols})"
+        return f"np.ascontiguousarray(np.broadcast_to({name}, {target})).reshape((-1, {rows}, {cols}))"
+
+    def emit_view(self, node: Node) -> None:
+        src_id = data_inputs(node)[0]
+        src = self.value(src_id)
+        contiguous = self.contiguous.get(src_id, True)
+        if node.op == "transpose":
+            perm = node.attrs["perm"]
+            expr = f"{src}.T" if len(perm) == 2 else f"{src}.transpose({tuple(perm)})"
+            contiguous = False
+        elif node.op == "slice":
+            parts = []
+            for start, stop, step in node.attrs["index"]:
+                parts.append(f"{'' if start is None else start}:{'' if stop is None else stop}"
+                             f":{step}")
+            expr = f"{src}[{', '.join(parts)}]"
+            contiguous = False
+        else:
+            base = src if contiguous else f"np.ascontiguousarray({src})"
+            expr = f"{base}.reshape({self.shape_tuple(node.id)})"
+            contiguous = True
+        name = f"v{node.id}"
+        self.body.append(f"{name} = {expr}")
+        self.names[node.id] = name
+        self.contiguous[node.id] = contiguous
+
+    def emit_index(self, node: Node) -> None:
+        out = self.bind_store(node.id)
+        if node.op == "concat":
+            start = 0
+            axis = node.attrs["axis"]
+            for i in node.inputs:
+                size = self.graph.nodes[i].shape[axis]
+                index = [":"] * len(node.shape)
+                index[axis] = f"{start}:{start + size}"
+                self.body.append(f"{out}[{', '.join(index)}] = {self.value(i)}")
+                start += size
+            return
+        if node.op == "slice_grad":
+            g = self.value(node.inputs[0])
+            parts = [f"{'' if s is None else s}:{'' if e is None else e}:{st}"
+                     for s, e, st in node.attrs["index"]]
+            self.body.append(f"{out}[...] = 0")
+            self.body.append(f"{out}[{', '.join(parts)}] = {g}")
+            return
+        kernel = self.add_kernel(Group("index", [node.id], 0), index_kernel_source(
+            node, self.graph))
+        operands = [self.value(i) for i in data_inputs(node)]
+        self.body.append(f"{kernel.name}({', '.join(operands + [out])})")
+
+    def add_kernel(self, group: Group, source: str) -> Kernel:
+        kernel = Kernel(group, f"k{len(self.kernels)}", source, nodes=list(group.nodes))
+        kernel.lines = sorted({self.graph.nodes[n].where for n in group.nodes})
+        kernel.module, kernel.path = write_module("graphc_kernel", source, self.stats)
+        self.kernels.append(kernel)
+        return kernel
+
+    def emit_loop(self, group: Group) -> None:
+        source, loads = loop_kernel_source(self.graph, group)
+        kernel = self.add_kernel(group, source)
+        root = self.graph.nodes[group.root]
+        reduce_root = OPS[root.op].kind == "reduce"
+        space_node = root.inputs[0] if reduce_root else root.id
+        sizes = [self.dim(space_node, a) for a in range(len(self.graph.nodes[space_node].shape))]
+        operands = [self.value(i) for i in loads]
+        stores = [self.bind_store(n) for n in group.stores]
+        self.body.append(f"{kernel.name}({', '.join(sizes + operands + stores)})")
+
+
+def _operand_index(shape: tuple, space: tuple) -> str:
+    """Index of an operand of static `shape` inside iteration `space`, broadcasting."""
+    if not shape:
+        return "0"
+    offset = len(space) - len(shape)
+    parts = []
+    for j, d in enumerate(shape):
+        i = offset + j
+        parts.append("0" if d == 1 and space[i] != 1 else f"i{i}")
+    return ", ".join(parts)
+
+
+def loop_kernel_source(graph: Graph, group: Group) -> tuple[str, list[int]]:
+    """Source of a fused loop kernel and the nodes it loads, in argument order."""
+    root = graph.nodes[group.root]
+    reduce_root = OPS[root.op].kind == "reduce"
+    body_ids = group.nodes[:-1] if reduce_root else group.nodes
+    space = graph.nodes[root.inputs[0]].shape if reduce_root else root.shape
+    rank = len(space)
+    members = set(group.nodes)
+    loads: list[int] = []
+    literals: dict[int, str] = {}
+    for nid in group.loads:
+        node = graph.nodes[nid]
+        if node.op == "const" and node.attrs["value"].size == 1 and node.shape == ():
+            literals[nid] = literal(node.attrs["value"], node.dtype)
+        else:
+            loads.append(nid)
+    arg_names = {nid: f"x{k}" for k, nid in enumerate(loads)}
+    store_names = {nid: f"y{k}" for k, nid in enumerate(group.stores)}
+    body: list[str] = []
+    for nid in loads:
+        body.append(f"v{nid} = {arg_names[nid]}[{_operand_index(graph.nodes[nid].shape, space)}]")
+
+    def operand(i: int) -> str:
+        return literals.get(i, f"v{i}")
+
+    full = f"[{_operand_index(space, space)}]"
+    for nid in body_ids:
+        node = graph.nodes[nid]
+        body.append(f"v{nid} = {_scalar_expr(node, [operand(i) for i in data_inputs(node)], graph)}")
+        if nid in store_names:
+            body.append(f"{store_names[nid]}{full} = v{nid}")
+
+    sizes = [f"n{a}" for a in range(rank)]
+    params = ", ".join(sizes + [arg_names[n] for n in loads] + list(store_names.values()))
+    lines = [KERNEL_DECORATOR, f"def kernel({params}):"]
+    if not reduce_root:
+        lines += _nest(rank, range(rank), body, 1)
+    else:
+        lines += _reduction(graph, root, space, body, operand(root.inputs[0]),
+                            store_names[root.id])
+    header = [f"# graphc kernel: {group.kind} of {len(group.nodes)} nodes "
+              f"({', '.join(graph.nodes[n].op for n in group.nodes)})",
+              f"# scalar library {_kernel_library_version()}"]
+    return "\n".join(header) + "\n" + KERNEL_PRELUDE + "\n\n" + "\n".join(lines) + "\n", loads
+
+
+def _nest(rank: int, axes, body: list[str], depth: int) -> list[str]:
+    lines = []
+    for level, a in enumerate(axes):
+        lines.append("    " * (depth + level) + f"for i{a} in range(n{a}):")
+    inner = depth + len(list(axes))
+    lines += ["    " * inner + b for b in body]
+    if rank == 0:
+        return ["    " * depth + "i0 = 0"] + ["    " * depth + b for b in body]
+    return lines
+
+
+def _identity(op: str, dtype: str, full: bool) -> str:
+    if op == "sum":
+        if dtype in ("float32", "float64"):
+            return "0.0" if full else f"{_CTOR[dtype]}(0)"
+        return "np.int64(0)"
+    if dtype in ("float32", "float64"):
+        return f"{_CTOR[dtype]}(-np.inf)" if op == "max" else f"{_CTOR[dtype]}(np.inf)"
+    info = np.iinfo(dtype) if dtype != "bool" else None
+    if info is None:
+        return "False" if op == "max" else "True"
+    return f"{_CTOR[dtype]}({info.min if op == 'max' else info.max})"
+
+
+def _combine(op: str, acc: str, v: str) -> str:
+    if op == "sum":
+        return f"{acc} + {v}"
+    cmp = ">" if op == "max" else "<"
+    return f"{v} if ({v} {cmp} {acc} or {v} != {v}) else {acc}"
+
+
+def _reduction(graph: Graph, root: Node, space: tuple, body: list[str], value: str,
+               out: str) -> list[str]:
+    axes = root.attrs["axes"]
+    keep = root.attrs["keepdims"]
+    rank = len(space)
+    kept = [a for a in range(rank) if a not in axes]
+    if keep:
+        out_index = ", ".join("0" if a in axes else f"i{a}" for a in range(rank)) or "0"
+    else:
+        out_index = ", ".join(f"i{a}" for a in kept) or "0"
+    full = not kept
+    init = _identity(root.op, root.dtype, full)
+    if list(axes) == list(range(len(kept), rank)) or rank == 0:
+        # reduced axes are the trailing ones: accumulate in a register
+        lines = []
+        for level, a in enumerate(kept):
+            lines.append("    " * (1 + level) + f"for i{a} in range(n{a}):")
+        d = 1 + len(kept)
+        lines.append("    " * d + f"acc = {init}")
+        for level, a in enumerate(axes):
+            lines.append("    " * (d + level) + f"for i{a} in range(n{a}):")
+        inner = d + len(axes)
+        if rank == 0:
+            lines.append("    " * inner + "i0 = 0")
+        lines += ["    " * inner + b for b in body]
+        lines.append("    " * inner + f"acc = {_combine(root.op, 'acc', value)}")
+        lines.append("    " * d + f"{out}[{out_index}] = acc")
+        return lines
+    # general case: accumulate in the output array
+    init_body = [f"{out}[{out_index}] = {init}"]
+    lines = _nest(len(kept), kept, init_body, 1)
+    lines += _nest(rank, range(rank), body + [
+        f"{out}[{out_index}] = {_combine(root.op, f'{out}[{out_index}]', value)}"], 1)
+    return lines
+
+
+def index_kernel_source(node: Node, graph: Graph) -> str:
+    """Gather (take) and scatter-add (take_grad) kernels for one rank combination."""
+    axis = node.attrs["axis"]
+    if node.op == "take":
+        x, idx = (graph.nodes[i] for i in node.inputs)
+        pre, irank = axis, len(idx.shape)
+        post = len(x.shape) - axis - 1
+        outer = [f"p{a}" for a in range(pre)]
+        inner = [f"j{a}" for a in range(irank)]
+        rest = [f"q{a}" for a in range(post)]
+        loops = ([(v, f"out.shape[{k}]") for k, v in enumerate(outer)]
+                 + [(v, f"out.shape[{pre + k}]") for k, v in enumerate(inner)]
+                 + [(v, f"out.shape[{pre + irank + k}]") for k, v in enumerate(rest)])
+        idx_at = ", ".join(inner) if inner else "0"
+        body = [f"t = idx[{idx_at}]", "if t < 0:", "    t += n", "if t < 0 or t >= n:",
+                "    raise IndexError('take: index out of range')",
+                f"out[{', '.join(outer + inner + rest) or '0'}] = "
+                f"x[{', '.join(outer + ['t'] + rest)}]"]
+        params, pre_lines = "x, idx, out", [f"n = x.shape[{axis}]"]
+    else:
+        g, idx, ref = (graph.nodes[i] for i in node.inputs)
+        pre, irank = axis, len(idx.shape)
+        post = len(ref.shape) - axis - 1
+        outer = [f"p{a}" for a in range(pre)]
+        inner = [f"j{a}" for a in range(irank)]
+        rest = [f"q{a}" for a in range(post)]
+        loops = ([(v, f"g.shape[{k}]") for k, v in enumerate(outer)]
+                 + [(v, f"g.shape[{pre + k}]") for k, v in enumerate(inner)]
+                 + [(v, f"g.shape[{pre + irank + k}]") for k, v in enumerate(rest)])
+        idx_at = ", ".join(inner) if inner else "0"
+        target = ", ".join(outer + ["t"] + rest)
+        body = [f"t = idx[{idx_at}]", "if t < 0:", "    t += n", "if t < 0 or t >= n:",
+                "    raise IndexError('take: index out of range')",
+                f"out[{target}] += g[{', '.join(outer + inner + rest) or '0'}]"]
+        params, pre_lines = "g, idx, out", [f"n = out.shape[{axis}]", "out[...] = 0"]
+    lines = [KERNEL_DECORATOR, f"def kernel({params}):"] + ["    " + p for p in pre_lines]
+    depth = 1
+    for var, bound in loops:
+        lines.append("    " * depth + f"for {var} in range({bound}):")
+        depth += 1
+    lines += ["    " * depth + b for b in body]
+    header = f"# graphc kernel: {node.op} along axis {axis}\n"
+    return header + KERNEL_PRELUDE + "\n\n" + "\n".join(lines) + "\n"
+
+
+def kernel_file_name(kernel: Kernel) -> str:
+    return os.path.basename(kernel.path)

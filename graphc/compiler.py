@@ -1,0 +1,145 @@
+"""`compile`: the pipeline from a loss (or outputs) to a compiled function.
+
+build -> autodiff -> optimizer nodes -> passes -> fusion -> memory plan -> codegen -> numba
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numba
+import numpy as np
+
+from graphc.autodiff import grad
+from graphc.codegen.cache import CacheStats, load_module, purge, write_module
+from graphc.codegen.cpu import StepWriter
+from graphc.errors import GraphError, user_location
+from graphc.ir import Graph, as_values, building_gradient, format_shape, is_float
+from graphc.optim import Optimizer
+from graphc.passes import optimize
+from graphc.passes.fusion import fuse
+from graphc.passes.memory import plan_memory
+from graphc.runtime import CompiledFunction, CompileReport
+
+TARGETS = ("cpu", "cuda")
+
+
+def build_program(outputs: list[Any], optimizer: Optimizer | None, fetch: list[Any],
+                  timings: dict[str, float]) -> Graph:
+    """A fork of the user's graph with gradients and optimizer updates appended, and its
+    outputs and updates set."""
+    graph = outputs[0].graph
+    program = graph.fork()
+    if optimizer is None:
+        program.outputs = [v.id for v in outputs + fetch]
+        return program
+    loss = outputs[0]
+    if len(outputs) != 1 or loss.shape != () or not is_float(loss.dtype):
+        raise GraphError(f"compile with an optimizer needs one scalar floating-point loss; got "
+                         f"{format_shape(loss.shape)} {loss.dtype} from {loss.op} at "
+                         f"{loss.node.where}\n  at {user_location()}")
+    params = [program.value(p.id) for p in graph.params]
+    if not params:
+        raise GraphError("compile with an optimizer needs a graph with parameters")
+    start = time.perf_counter()
+    grads = grad(program.value(loss.id), params)
+    timings["autodiff"] = time.perf_counter() - start
+    start = time.perf_counter()
+    with building_gradient(loss.id, f"{type(optimizer).__name__} update"):
+        program.updates = optimizer.build(program, params, grads)
+    timings["optimizer"] = time.perf_counter() - start
+    program.outputs = [loss.id] + [v.id for v in fetch]
+    return program
+
+
+def compile(outputs: Any, optimizer: Optimizer | None = None, target: str = "cpu",
+            fetch: Any = None) -> CompiledFunction:  # noqa: A001 - the framework's verb
+    """Compile a training step (with `optimizer`) or a function of the inputs (without).
+
+    Training: `step = compile(loss, optimizer=Adam(1e-3))`; `step(x=..., y=...)` runs
+    forward, backward and the update in one call and returns the loss (and `fetch` values).
+    Inference: `f = compile([logits])`; `(out,) = f(x=...)`.
+    """
+    if target not in TARGETS:
+        raise GraphError(f"unknown target {target!r}; expected one of {', '.join(TARGETS)}")
+    if target == "cuda":
+        from graphc.codegen.cuda import require_cuda
+
+        require_cuda()
+    values, single = as_values(outputs)
+    if not values:
+        raise GraphError("compile needs at least one output Value")
+    fetch_values, _ = as_values(fetch) if fetch is not None else ([], False)
+    timings: dict[str, float] = {}
+    report = CompileReport(phases=timings)
+    program = build_program(values, optimizer, fetch_values, timings)
+    report.nodes_before = len(program.nodes)
+    program = optimize(program, timings=timings)
+    report.nodes_after = len(program.nodes)
+    start = time.perf_counter()
+    groups = fuse(program)
+    timings["fusion"] = time.perf_counter() - start
+    start = time.perf_counter()
+    memory = plan_memory(program, groups)
+    timings["memory plan"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    stats = CacheStats()
+    writer = StepWriter(program, groups, memory, stats)
+    step_source = writer.write()
+    step_module, step_path = write_module("graphc_step", step_source, stats)
+    timings["codegen"] = time.perf_counter() - start
+    report.kernels = len(writer.kernels)
+    report.unique_kernels = len({k.module for k in writer.kernels})
+    report.cache_written, report.cache_reused = stats.written, stats.reused
+    report.cache_repaired = stats.repaired
+
+    start = time.perf_counter()
+    step_fn = _load_step(writer, step_module, step_path, program)
+    timings["numba compile / cache load"] = time.perf_counter() - start
+    return CompiledFunction(program, step_fn, writer, report, optimizer, single,
+                            values[0].graph, step_source, step_path, memory.slot)
+
+
+def _signature(writer: StepWriter, program: Graph) -> tuple:
+    """Numba types of the step's arguments (arrays are C-contiguous, rank 0 as (1,))."""
+    types = []
+    for kind, key in writer.args:
+        if kind == "feed" or kind in ("param", "state"):
+            node = program.nodes[program._names[key]] if key in program._names else None
+            dtype, rank = node.dtype, len(node.shape)
+        elif kind in ("const", "dim", "pool"):
+            node = program.nodes[key]
+            dtype, rank = node.dtype, len(node.shape)
+        else:
+            raise GraphError(f"internal: unknown argument kind {kind}")
+        types.append(numba.types.Array(numba.from_dtype(np.dtype(dtype)), max(rank, 1), "C"))
+    types.append(numba.types.Array(numba.types.int64, 1, "C"))
+    types.append(numba.types.boolean)
+    return tuple(types)
+
+
+def _load_step(writer: StepWriter, module: str, path: str, program: Graph) -> Any:
+    """Import the step and its kernels and compile (or load from Numba's cache) for the
+    step's argument types. An unusable cache entry is dropped and compiled afresh."""
+    signature = _signature(writer, program)
+    try:
+        for kernel in writer.kernels:
+            load_module(kernel.module, kernel.path)
+        fn = load_module(module, path).step
+        fn.compile(signature)
+        return fn
+    except (ImportError, SyntaxError, EOFError, OSError, ValueError) as err:
+        for kernel in writer.kernels:
+            purge(kernel.module, kernel.path)
+        purge(module, path)
+        try:
+            for kernel in writer.kernels:
+                load_module(kernel.module, kernel.path)
+            fn = load_module(module, path).step
+            fn.compile(signature)
+            return fn
+        except Exception as again:
+            raise GraphError(f"compiling the step failed: {again} (first attempt: {err})") \
+                from again

@@ -1,0 +1,146 @@
+"""Fusion: partition compute nodes into groups, each becoming one kernel or one call.
+
+Group kinds:
+  loop    elementwise nodes (and broadcasts) over one iteration shape, optionally ending in
+          one reduction (the root): producers fuse into the reduction that consumes them
+  matmul  one matrix product (a BLAS call)
+  view    reshape / transpose / slice / expand_dims / squeeze: an array view, no kernel
+  index   take, take_grad, slice_grad, concat: generated gather/scatter kernels
+  shape   dim_size: computed from run-time shapes before the step runs
+
+Invariants: every group is convex (no path leaves it and re-enters); groups are listed in
+an order where each reads only leaves and groups before it; a group in the update phase
+(only updates depend on it) never feeds one in the output phase, so the step can compute
+the outputs, check them, and only then touch parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from graphc.ir import Graph, Node, ancestors
+from graphc.ops import OPS
+
+LEAVES = ("input", "param", "state", "const")
+BROADCASTS = ("broadcast_to", "broadcast_like")
+
+
+def data_inputs(node: Node) -> tuple[int, ...]:
+    """Operands whose values a node reads (shape-only operands excluded)."""
+    if node.op in BROADCASTS or node.op == "reshape_like":
+        return node.inputs[:1]
+    if node.op in ("take_grad", "slice_grad"):
+        return node.inputs[:-1]
+    if node.op == "dim_size":
+        return ()
+    return node.inputs
+
+
+def is_loop_op(node: Node) -> bool:
+    return node.op in BROADCASTS or OPS[node.op].kind == "elementwise"
+
+
+@dataclass
+class Group:
+    """A fusion group: `nodes` in topological order, `root` the last one."""
+
+    kind: str
+    nodes: list[int]
+    phase: int
+    stores: list[int] = field(default_factory=list)  # nodes whose values leave the group
+    loads: list[int] = field(default_factory=list)   # nodes read from outside the group
+
+    @property
+    def root(self) -> int:
+        return self.nodes[-1]
+
+
+def consumers_of(graph: Graph) -> dict[int, list[int]]:
+    users: dict[int, list[int]] = {n.id: [] for n in graph.nodes}
+    for n in graph.nodes:
+        for i in set(data_inputs(n)):
+            users[i].append(n.id)
+    return users
+
+
+def iteration_shape(graph: Graph, node: Node) -> tuple:
+    if OPS.get(node.op) is not None and OPS[node.op].kind == "reduce":
+        return graph.nodes[node.inputs[0]].shape
+    return node.shape
+
+
+def fuse(graph: Graph) -> list[Group]:
+    """Fusion groups of `graph` (outputs and updates set) in execution order."""
+    users = consumers_of(graph)
+    out_needed = ancestors(graph, graph.outputs)
+    phase = {n.id: 1 if n.id in out_needed else 2 for n in graph.nodes}
+    group_of: dict[int, Group] = {}
+    groups: list[Group] = []
+
+    def reaches(start: int, targets: set[int], limit: int) -> bool:
+        stack, seen = [start], set()
+        while stack:
+            nid = stack.pop()
+            if nid in targets:
+                return True
+            if nid in seen or nid > limit:
+                continue
+            seen.add(nid)
+            stack.extend(users[nid])
+        return False
+
+    for node in reversed(graph.nodes):
+        if node.op in LEAVES:
+            continue
+        kind = "loop" if is_loop_op(node) else OPS[node.op].kind
+        if kind == "reduce":
+            kind = "loop"
+        if kind == "loop" and is_loop_op(node):
+            target = _host_group(graph, node, users, group_of, phase, reaches)
+            if target is not None:
+                target.nodes.append(node.id)
+                group_of[node.id] = target
+                continue
+        kind = {"elementwise": "loop", "view": "view", "index": "index", "shape": "shape",
+                "matmul": "matmul"}.get(kind, kind)
+        group = Group(kind, [node.id], phase[node.id])
+        group_of[node.id] = group
+        groups.append(group)
+
+    for g in groups:
+        g.nodes.sort()
+    groups.sort(key=lambda g: (g.phase, g.root))
+    roots = set(graph.outputs) | {nid for _, nid in graph.updates}
+    for g in groups:
+        members = set(g.nodes)
+        g.stores = [n for n in g.nodes if n in roots or any(u not in members
+                                                           for u in users[n])]
+        loads: list[int] = []
+        for n in g.nodes:
+            for i in data_inputs(graph.nodes[n]):
+                if i not in members and i not in loads:
+                    loads.append(i)
+        g.loads = loads
+    return groups
+
+
+def _host_group(graph: Graph, node: Node, users: dict[int, list[int]],
+                group_of: dict[int, Group], phase: dict[int, int], reaches) -> Group | None:
+    """The consumer group `node` can be fused into (computed there, stored if needed)."""
+    for user in users[node.id]:
+        group = group_of.get(user)
+        if group is None or group.kind != "loop" or group.phase != phase[node.id]:
+            continue
+        root = graph.nodes[group.root]
+        if iteration_shape(graph, root) != node.shape:
+            continue
+        user_node = graph.nodes[user]
+        if not is_loop_op(user_node) and user != group.root:
+            continue
+        members = set(group.nodes)
+        limit = max(members)
+        outside = [u for u in users[node.id] if u not in members]
+        if any(reaches(u, members, limit) for u in outside):
+            continue
+        return group
+    return None

@@ -1,0 +1,242 @@
+"""Compiled functions and training steps: own the buffers, validate feeds, call the step."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any, Callable
+
+import numpy as np
+
+from graphc.errors import FeedError, GraphError, NonFiniteError
+from graphc.feeds import check_feeds
+from graphc.inspect import format_nodes
+from graphc.interpret import run_nodes
+from graphc.ir import Graph
+from graphc.ops import OPS
+from graphc.ops.registry import InferError
+
+
+@dataclass
+class CompileReport:
+    """Seconds per compile phase and what the kernel cache held."""
+
+    phases: dict[str, float] = field(default_factory=dict)
+    cache_written: int = 0
+    cache_reused: int = 0
+    cache_repaired: int = 0
+    kernels: int = 0
+    unique_kernels: int = 0
+    nodes_before: int = 0
+    nodes_after: int = 0
+
+    @property
+    def total(self) -> float:
+        return sum(self.phases.values())
+
+    def __str__(self) -> str:
+        rows = [f"  {name:<32} {secs * 1000:9.1f} ms" for name, secs in self.phases.items()]
+        return "\n".join([
+            f"compile: {self.total:.3f} s, {self.nodes_before} -> {self.nodes_after} nodes, "
+            f"{self.kernels} kernels ({self.unique_kernels} unique)", *rows,
+            f"  kernel files: {self.cache_written} written, {self.cache_reused} reused from "
+            f"the cache, {self.cache_repaired} repaired"])
+
+
+class BackwardGraph:
+    """The backward and update nodes of a compiled program (printable, with provenance)."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.node_ids = [n.id for n in graph.nodes if n.role == "backward"]
+
+    def __len__(self) -> int:
+        return len(self.node_ids)
+
+    @property
+    def nodes(self) -> list[Any]:
+        return [self.graph.nodes[i] for i in self.node_ids]
+
+    def __graphc_listing__(self) -> str:
+        return format_nodes(self.graph, self.node_ids, [n for _, n in self.graph.updates])
+
+    def __str__(self) -> str:
+        return self.__graphc_listing__()
+
+
+class _Signature:
+    """Buffers and sizes for one combination of feed shapes."""
+
+    def __init__(self, args: list[Any], sizes: np.ndarray, feed_slots: dict[str, int]) -> None:
+        self.args = args
+        self.sizes = sizes
+        self.feed_slots = feed_slots
+
+
+def concrete_shapes(graph: Graph, feeds: dict[str, np.ndarray]) -> dict[int, tuple]:
+    """Run-time shape of every node, or GraphError naming the node whose sizes disagree."""
+    shapes: dict[int, tuple] = {}
+    for node in graph.nodes:
+        if node.op == "input":
+            shapes[node.id] = feeds[node.name].shape if node.name in feeds else node.shape
+        elif node.op in ("param", "state", "const"):
+            shapes[node.id] = node.shape
+        else:
+            fake = [SimpleNamespace(shape=shapes[i], dtype=graph.nodes[i].dtype, op="")
+                    for i in node.inputs]
+            try:
+                shape, _ = OPS[node.op].infer(fake, **node.attrs)
+            except InferError as err:
+                raise GraphError(f"{node.op} {node.label} built at {node.where}: {err} "
+                                 "with the sizes fed at run time") from None
+            shapes[node.id] = shape
+    return shapes
+
+
+class CompiledFunction:
+    """A compiled program: call it with feeds by input name.
+
+    With an optimizer (a training step), each call runs forward, backward and the update,
+    and returns the loss (a float), or (loss, *fetches) when `fetch` was given. Without,
+    it returns the outputs as arrays (a tuple if compiled from a list).
+    """
+
+    def __init__(self, program: Graph, step_fn: Callable[..., Any], writer: Any,
+                 report: CompileReport, optimizer: Any, single: bool, user_graph: Graph,
+                 step_source: str, step_path: str, slots: dict[int, int]) -> None:
+        self.program = program
+        self._fn = step_fn
+        self._args_spec = list(writer.args)
+        self._size_slots = list(writer.size_slots)
+        self._slots = slots
+        self.kernels = writer.kernels
+        self.compile_report = report
+        self.optimizer = optimizer
+        self.graph = user_graph
+        self.source = step_source
+        self.path = step_path
+        self.backward = BackwardGraph(program)
+        self.state: dict[str, Any] = {"step": 0}
+        self.skip_nonfinite = False
+        self.check_finite = True
+        self._single = single
+        self._signatures: dict[tuple, _Signature] = {}
+        self._inputs = [n for n in program.nodes if n.op == "input" and
+                        not n.name.startswith("@")]
+        self._hyper = {n.name: np.zeros(1, dtype=n.dtype) for n in program.nodes
+                       if n.op == "input" and n.name.startswith("@")}
+        self._user_inputs = [n for n in user_graph.nodes if n.op == "input"]
+
+    # -- user-facing state -------------------------------------------------------------
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        """Parameters by name: the live arrays the step updates in place."""
+        return self.program.param_values
+
+    @property
+    def lr(self) -> Any:
+        """The optimizer's learning rate (a float or a schedule `step -> lr`)."""
+        return None if self.optimizer is None else self.optimizer.lr
+
+    @lr.setter
+    def lr(self, value: Any) -> None:
+        if self.optimizer is None:
+            raise GraphError("this compiled function has no optimizer")
+        self.optimizer.lr = value
+
+    def optimizer_state(self) -> dict[str, np.ndarray]:
+        """Optimizer buffers (moments) by name, live."""
+        return self.program.state_values
+
+    # -- calling -------------------------------------------------------------------------
+    def __call__(self, **feeds: Any) -> Any:
+        arrays = check_feeds(self._inputs, feeds, all_inputs=self._user_inputs)
+        step_number = self.state["step"] + 1
+        if self.optimizer is not None:
+            for name, value in self.optimizer.hypers(step_number).items():
+                self._hyper[f"@{name}"][0] = value
+        key = tuple(arrays[n.name].shape for n in self._inputs)
+        sig = self._signatures.get(key)
+        if sig is None:
+            sig = self._prepare(arrays)
+            self._signatures[key] = sig
+        args = sig.args
+        for name, slot in sig.feed_slots.items():
+            a = arrays[name]
+            args[slot] = np.ascontiguousarray(a).reshape(1) if a.ndim == 0 else \
+                np.ascontiguousarray(a)
+        ok, outs = self._fn(*args, sig.sizes, self.check_finite and self.optimizer is not None)
+        if not ok:
+            return self._non_finite(arrays, outs)
+        if self.optimizer is not None:
+            self.state["step"] = step_number
+        return self._results(outs)
+
+    def _results(self, outs: tuple) -> Any:
+        results = []
+        for nid, arr in zip(self.program.outputs, outs):
+            shape = self.program.nodes[nid].shape
+            results.append(arr[0].item() if shape == () and self.optimizer is not None
+                           else (arr.reshape(()).copy() if shape == () else arr.copy()))
+        if self.optimizer is not None:
+            return results[0] if len(results) == 1 else tuple(results)
+        return results[0] if self._single else tuple(results)
+
+    def _non_finite(self, arrays: dict[str, np.ndarray], outs: tuple) -> Any:
+        where = "an output"
+        feeds = dict(arrays)
+        feeds.update({k: v.reshape(()) for k, v in self._hyper.items()})
+        try:
+            run_nodes(self.program, list(self.program.outputs), feeds, check_finite=True)
+        except NonFiniteError as err:
+            where = str(err)
+        if self.skip_nonfinite:
+            return self._results(outs)
+        raise NonFiniteError(f"step {self.state['step'] + 1}: the loss is not finite; "
+                             f"parameters and optimizer state were left unchanged. First "
+                             f"non-finite value: {where}")
+
+    def _prepare(self, arrays: dict[str, np.ndarray]) -> _Signature:
+        feeds = dict(arrays)
+        feeds.update({k: v.reshape(()) for k, v in self._hyper.items()})
+        shapes = concrete_shapes(self.program, feeds)
+        sizes = np.array([shapes[nid][axis] for nid, axis in self._size_slots] or [0],
+                         dtype=np.int64)
+        args: list[Any] = []
+        feed_slots: dict[str, int] = {}
+        slot_size: dict[int, int] = {}
+        for kind, key in self._args_spec:
+            if kind == "pool":
+                slot = self._slots[key]
+                slot_size[slot] = max(slot_size.get(slot, 1), math.prod(shapes[key]))
+        storage = {}
+        for kind, key in self._args_spec:
+            if kind == "pool":
+                slot = self._slots[key]
+                if slot not in storage:
+                    storage[slot] = np.zeros(slot_size[slot], dtype=self.program.nodes[key].dtype)
+        for k, (kind, key) in enumerate(self._args_spec):
+            if kind == "feed":
+                if key in self._hyper:
+                    args.append(self._hyper[key])
+                else:
+                    feed_slots[key] = k
+                    args.append(None)
+            elif kind in ("param", "state"):
+                store = self.program.param_values if kind == "param" else \
+                    self.program.state_values
+                arr = store[key]
+                args.append(arr.reshape(1) if arr.ndim == 0 else arr)
+            elif kind == "const":
+                value = np.ascontiguousarray(self.program.nodes[key].attrs["value"])
+                args.append(value.reshape(1) if value.ndim == 0 else value)
+            elif kind == "dim":
+                node = self.program.nodes[key]
+                src = shapes[node.inputs[0]]
+                count = math.prod(src[a] for a in node.attrs["axes"])
+                args.append(np.array([count], dtype=node.dtype))
+            else:  # a view into the pool storage its slot shares with dead values
+                shape = shapes[key] or (1,)
+                args.append(storage[self._slots[key]][:math.prod(shape)].reshape(shape))
+        return _Signature(args, sizes, feed_slots)
