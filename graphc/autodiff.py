@@ -34,13 +34,21 @@ def unbroadcast(g: Value, shape: tuple, ref: Value) -> Value:
 
 
 def _depends_on(graph: Graph, relevant: set[int], wrt: set[int]) -> set[int]:
-    """Nodes in `relevant` with a path from some node of `wrt` (through gradient routes)."""
+    """Nodes in `relevant` with a path from some node of `wrt` (through gradient routes).
+
+    Nodes without a gradient rule (stop_gradient, comparisons, dim_size, ...) end every
+    route: gradients sent to them would be dropped, so they are never live unless asked for.
+    """
     live: set[int] = set()
     for nid in sorted(relevant):
         if nid in wrt:
             live.add(nid)
             continue
         custom = graph.custom_gradients.get(nid)
+        if custom is None:
+            op = OPS.get(graph.nodes[nid].op)
+            if op is None or op.vjp is None:
+                continue
         inputs = custom.inputs if custom is not None else graph.nodes[nid].inputs
         if any(i in live for i in inputs):
             live.add(nid)

@@ -34,18 +34,26 @@ def check_feeds(needed: Iterable[Node], feeds: Mapping[str, Any], *,
 
 def check_feed(node: Node, value: Any) -> np.ndarray:
     """One feed as an array of the input's dtype, or FeedError saying what was expected."""
-    array = np.asarray(value)
     expected = f"{format_shape(node.shape)} {node.dtype}"
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as err:
+        raise FeedError(f"input {node.name!r} expects an array of shape {expected}; could not "
+                        f"convert the {type(value).__name__} fed to it: {err} "
+                        f"(declared at {node.where})") from None
     if array.ndim != len(node.shape) or any(
             d is not None and d != s for d, s in zip(node.shape, array.shape)):
         raise FeedError(f"input {node.name!r} expects shape {expected}, got shape "
                         f"{array.shape} {array.dtype} (declared at {node.where})")
     if array.dtype != node.dtype:
-        lossless = np.can_cast(array.dtype, node.dtype, casting="safe")
-        if not np.can_cast(array.dtype, node.dtype, casting="same_kind") or (
-                not lossless and not _fits(array, node.dtype)):
+        if not np.can_cast(array.dtype, node.dtype, casting="same_kind"):
             raise FeedError(f"input {node.name!r} expects dtype {node.dtype}, got "
                             f"{array.dtype}; convert it with .astype({node.dtype!r}) "
+                            f"(declared at {node.where})")
+        if not np.can_cast(array.dtype, node.dtype, casting="safe") and not _fits(
+                array, node.dtype):
+            raise FeedError(f"input {node.name!r} expects dtype {node.dtype}, got "
+                            f"{array.dtype} with values outside the range of {node.dtype} "
                             f"(declared at {node.where})")
         array = array.astype(node.dtype)
     return array

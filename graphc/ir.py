@@ -31,9 +31,11 @@ def canonical_dtype(dtype: Any) -> str:
     try:
         name = np.dtype(dtype).name
     except TypeError:
-        raise GraphError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}") from None
+        raise GraphError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}\n"
+                         f"  at {user_location()}") from None
     if name not in DTYPES:
-        raise GraphError(f"unsupported dtype {name!r}; expected one of {', '.join(DTYPES)}")
+        raise GraphError(f"unsupported dtype {name!r}; expected one of {', '.join(DTYPES)}\n"
+                         f"  at {user_location()}")
     return name
 
 
@@ -150,7 +152,8 @@ class Graph:
         else:
             dt = canonical_dtype(array.dtype)
         if not is_float(dt):
-            raise GraphError(f"parameter {name!r} must be floating point, got {dt}")
+            raise GraphError(f"parameter {name!r} must be floating point, got {dt}\n"
+                             f"  at {user_location()}")
         self._claim_name(name, "param")
         self.param_values[name] = np.array(array, dtype=dt, order="C", copy=True)
         return self._leaf("param", tuple(array.shape), dt, name, {})
@@ -238,11 +241,12 @@ class Graph:
 
     def _claim_name(self, name: str, what: str) -> None:
         if not isinstance(name, str) or not name:
-            raise GraphError(f"{what} name must be a non-empty string, got {name!r}")
+            raise GraphError(f"{what} name must be a non-empty string, got {name!r}\n"
+                         f"  at {user_location()}")
         if name in self._names:
             other = self.nodes[self._names[name]]
-            raise GraphError(f"name {name!r} is already used by the {other.op} declared at "
-                             f"{other.where}")
+            raise GraphError(f"{what} {name!r}: the name is already used by the {other.op} "
+                             f"declared at {other.where}\n  at {user_location()}")
 
     def state(self, name: str, value: np.ndarray) -> Value:
         """A non-trainable buffer updated by the compiled step (optimizer moments)."""
@@ -279,10 +283,12 @@ def _check_shape(shape: Sequence[int | None], what: str) -> Shape:
     try:
         dims = tuple(shape)
     except TypeError:
-        raise GraphError(f"{what}: shape must be a tuple of ints or None, got {shape!r}") from None
+        raise GraphError(f"{what}: shape must be a tuple of ints or None, got {shape!r}\n"
+                         f"  at {user_location()}") from None
     for d in dims:
         if d is not None and (not isinstance(d, (int, np.integer)) or d < 0):
-            raise GraphError(f"{what}: shape must be a tuple of ints >= 0 or None, got {shape!r}")
+            raise GraphError(f"{what}: shape must be a tuple of ints >= 0 or None, got "
+                             f"{shape!r}\n  at {user_location()}")
     return tuple(None if d is None else int(d) for d in dims)
 
 

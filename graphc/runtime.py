@@ -16,6 +16,7 @@ from graphc.interpret import run_nodes
 from graphc.ir import Graph
 from graphc.ops import OPS
 from graphc.ops.registry import InferError
+from kernels.cpu.threads import set_blas_threads, threads_for
 
 
 @dataclass
@@ -68,7 +69,9 @@ class BackwardGraph:
 class _Signature:
     """Buffers and sizes for one combination of feed shapes."""
 
-    def __init__(self, args: list[Any], sizes: np.ndarray, feed_slots: dict[str, int]) -> None:
+    def __init__(self, args: list[Any], sizes: np.ndarray, feed_slots: dict[str, int],
+                 blas_threads: int) -> None:
+        self.blas_threads = blas_threads
         self.args = args
         self.sizes = sizes
         self.feed_slots = feed_slots
@@ -166,6 +169,7 @@ class CompiledFunction:
             a = arrays[name]
             args[slot] = np.ascontiguousarray(a).reshape(1) if a.ndim == 0 else \
                 np.ascontiguousarray(a)
+        set_blas_threads(sig.blas_threads)
         ok, outs = self._fn(*args, sig.sizes, self.check_finite and self.optimizer is not None)
         if not ok:
             return self._non_finite(arrays, outs)
@@ -239,4 +243,6 @@ class CompiledFunction:
             else:  # a view into the pool storage its slot shares with dead values
                 shape = shapes[key] or (1,)
                 args.append(storage[self._slots[key]][:math.prod(shape)].reshape(shape))
-        return _Signature(args, sizes, feed_slots)
+        flops = max((2.0 * math.prod(shapes[n.id]) * shapes[n.inputs[0]][-1]
+                     for n in self.program.nodes if n.op == "matmul"), default=0.0)
+        return _Signature(args, sizes, feed_slots, threads_for(flops))

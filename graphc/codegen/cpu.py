@@ -22,7 +22,7 @@ from graphc.passes.fusion import BROADCASTS, Group, data_inputs
 from graphc.passes.memory import MemoryPlan, storage_root
 
 FASTMATH = "{'reassoc', 'nsz', 'contract'}"
-KERNEL_DECORATOR = (f"@njit(cache=True, nogil=True, fastmath={FASTMATH}, error_model='numpy', "
+KERNEL_DECORATOR = (f"@njit(cache=True, nogil=True, inline='always', fastmath={FASTMATH}, error_model='numpy', "
                     "boundscheck=False)")
 _MATH = ("exp", "log", "tanh", "sigmoid", "sqrt", "erf", "pow")
 _CTOR = {"float32": "np.float32", "float64": "np.float64", "int8": "np.int8",
@@ -353,19 +353,22 @@ def loop_kernel_source(graph: Graph, group: Group) -> tuple[str, list[int]]:
             loads.append(nid)
     arg_names = {nid: f"x{k}" for k, nid in enumerate(loads)}
     store_names = {nid: f"y{k}" for k, nid in enumerate(group.stores)}
+    local = {nid: f"t{k}" for k, nid in enumerate(loads + body_ids)}
     body: list[str] = []
     for nid in loads:
-        body.append(f"v{nid} = {arg_names[nid]}[{_operand_index(graph.nodes[nid].shape, space)}]")
+        index = _operand_index(graph.nodes[nid].shape, space)
+        body.append(f"{local[nid]} = {arg_names[nid]}[{index}]")
 
     def operand(i: int) -> str:
-        return literals.get(i, f"v{i}")
+        return literals.get(i, local.get(i, ""))
 
     full = f"[{_operand_index(space, space)}]"
     for nid in body_ids:
         node = graph.nodes[nid]
-        body.append(f"v{nid} = {_scalar_expr(node, [operand(i) for i in data_inputs(node)], graph)}")
+        expr = _scalar_expr(node, [operand(i) for i in data_inputs(node)], graph)
+        body.append(f"{local[nid]} = {expr}")
         if nid in store_names:
-            body.append(f"{store_names[nid]}{full} = v{nid}")
+            body.append(f"{store_names[nid]}{full} = {local[nid]}")
 
     sizes = [f"n{a}" for a in range(rank)]
     params = ", ".join(sizes + [arg_names[n] for n in loads] + list(store_names.values()))

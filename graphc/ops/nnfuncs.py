@@ -24,19 +24,21 @@ def _shift(x: Value, axis: Any) -> Value:
 
 def softmax(x: Value, axis: int = -1) -> Value:
     """exp(x) / sum(exp(x)) along `axis`, computed stably."""
+    normalize_axes(axis, x.ndim, "softmax", [x])
     e = exp(x - _shift(x, axis))
     return e / sum(e, axis=axis, keepdims=True)
 
 
 def log_softmax(x: Value, axis: int = -1) -> Value:
     """x - logsumexp(x) along `axis`, computed stably."""
+    normalize_axes(axis, x.ndim, "log_softmax", [x])
     z = x - _shift(x, axis)
     return z - log(sum(exp(z), axis=axis, keepdims=True))
 
 
 def logsumexp(x: Value, axis: Any = -1, keepdims: bool = False) -> Value:
     """log(sum(exp(x))) along `axis`, computed stably."""
-    axes = normalize_axes(axis, x.ndim)
+    axes = normalize_axes(axis, x.ndim, "logsumexp", [x])
     m = _shift(x, axes)
     out = m + log(sum(exp(x - m), axis=axes, keepdims=True))
     if keepdims:

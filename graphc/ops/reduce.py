@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from graphc.ir import Node, Value, is_float
-from graphc.ops.registry import InferError, defop, make, normalize_axes
+from graphc.ops.registry import InferError, defop, describe_operands, make, normalize_axes
 
 
 def _reduced_shape(shape: tuple, axes: tuple, keepdims: bool) -> tuple:
@@ -84,22 +84,25 @@ defop("dim_size", "shape", _dim_size_infer, _dim_size_ref, arity=1)
 
 def sum(x: Value, axis: Any = None, keepdims: bool = False) -> Value:
     """Sum over `axis` (None = all, int or tuple); ints and bools sum to int64."""
-    return make("sum", [x], axes=normalize_axes(axis, x.ndim), keepdims=bool(keepdims))
+    axes = normalize_axes(axis, x.ndim, "sum", [x])
+    return make("sum", [x], axes=axes, keepdims=bool(keepdims))
 
 
 def max(x: Value, axis: Any = None, keepdims: bool = False) -> Value:
     """Maximum over `axis`; tied maxima share the gradient."""
-    return make("max", [x], axes=normalize_axes(axis, x.ndim), keepdims=bool(keepdims))
+    axes = normalize_axes(axis, x.ndim, "max", [x])
+    return make("max", [x], axes=axes, keepdims=bool(keepdims))
 
 
 def min(x: Value, axis: Any = None, keepdims: bool = False) -> Value:
     """Minimum over `axis`; tied minima share the gradient."""
-    return make("min", [x], axes=normalize_axes(axis, x.ndim), keepdims=bool(keepdims))
+    axes = normalize_axes(axis, x.ndim, "min", [x])
+    return make("min", [x], axes=axes, keepdims=bool(keepdims))
 
 
 def count(x: Value, axis: Any = None, dtype: str | None = None) -> Value:
     """Number of elements of `x` along `axis`, as a scalar (run-time sizes included)."""
-    axes = normalize_axes(axis, x.ndim)
+    axes = normalize_axes(axis, x.ndim, "count", [x])
     dt = dtype or x.dtype
     dims = [x.shape[a] for a in axes]
     if all(d is not None for d in dims):
@@ -113,5 +116,6 @@ def mean(x: Value, axis: Any = None, keepdims: bool = False) -> Value:
         from graphc.errors import GraphError, user_location
 
         raise GraphError(f"mean needs a floating-point value, got {x.dtype}; cast first\n"
-                         f"  at {user_location()}")
+                         f"  operands: {describe_operands([x])}\n  at {user_location()}")
+    normalize_axes(axis, x.ndim, "mean", [x])
     return sum(x, axis=axis, keepdims=keepdims) / count(x, axis)

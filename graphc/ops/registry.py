@@ -145,17 +145,23 @@ def broadcast_shapes(*shapes: Shape) -> Shape:
     return tuple(out)
 
 
-def normalize_axes(axis: Any, ndim: int) -> tuple[int, ...]:
-    """Axis argument (None, int or tuple) as a sorted tuple of non-negative axes."""
+def normalize_axes(axis: Any, ndim: int, op: str | None = None,
+                   operands: Sequence[Value] = ()) -> tuple[int, ...]:
+    """Axis argument (None, int or tuple) as a sorted tuple of non-negative axes.
+
+    `op` and `operands` (when given) name the op and its operands in the error message.
+    """
+    prefix = f"{op}: " if op else ""
+    context = f"\n  operands: {describe_operands(operands)}" if operands else ""
     if axis is None:
         return tuple(range(ndim))
     items = axis if isinstance(axis, (tuple, list)) else (axis,)
     axes = []
     for a in items:
         if not isinstance(a, (int, np.integer)) or not -ndim <= a < ndim:
-            raise GraphError(f"axis {a!r} is out of range for a value with {ndim} dimensions\n"
-                             f"  at {user_location()}")
+            raise GraphError(f"{prefix}axis {a!r} is out of range for a value with {ndim} "
+                             f"dimensions{context}\n  at {user_location()}")
         axes.append(int(a) % ndim)
     if len(set(axes)) != len(axes):
-        raise GraphError(f"repeated axis in {axis!r}\n  at {user_location()}")
+        raise GraphError(f"{prefix}repeated axis in {axis!r}{context}\n  at {user_location()}")
     return tuple(sorted(axes))

@@ -10,7 +10,14 @@ import numpy as np
 
 from graphc.errors import GraphError, user_location
 from graphc.ir import Node, Value, format_shape
-from graphc.ops.registry import InferError, broadcast_shapes, defop, make, normalize_axes
+from graphc.ops.registry import (
+    InferError,
+    broadcast_shapes,
+    defop,
+    describe_operands,
+    make,
+    normalize_axes,
+)
 
 # -- reshape ---------------------------------------------------------------------------
 
@@ -178,7 +185,7 @@ def _concat_vjp(g: Value, out: Value, x: list[Value], needs: tuple, axis: int) -
     return tuple(grads)
 
 
-defop("concat", "view", _concat_infer,
+defop("concat", "index", _concat_infer,
       lambda *xs, axis: np.concatenate(xs, axis=axis), vjp=_concat_vjp)
 
 
@@ -187,7 +194,7 @@ def concat(values: Sequence[Value], axis: int = 0) -> Value:
     values = list(values)
     if not values:
         raise GraphError(f"concat needs at least one value\n  at {user_location()}")
-    (ax,) = normalize_axes(axis, values[0].ndim)
+    (ax,) = normalize_axes(axis, values[0].ndim, "concat", values)
     if len(values) == 1:
         return values[0]
     return make("concat", values, axis=ax)
@@ -220,7 +227,7 @@ def squeeze(x: Value, axis: Any = None) -> Value:
     if axis is None:
         axes = tuple(i for i, d in enumerate(x.shape) if d == 1)
     else:
-        axes = normalize_axes(axis, x.ndim)
+        axes = normalize_axes(axis, x.ndim, "squeeze", [x])
     if not axes:
         return x
     return make("squeeze", [x], axes=axes)
@@ -229,7 +236,7 @@ def squeeze(x: Value, axis: Any = None) -> Value:
 def expand_dims(x: Value, axis: Any) -> Value:
     """Insert axes of size 1 at the positions `axis` of the result."""
     items = axis if isinstance(axis, (tuple, list)) else (axis,)
-    axes = normalize_axes(tuple(items), x.ndim + len(items))
+    axes = normalize_axes(tuple(items), x.ndim + len(items), "expand_dims", [x])
     return make("expand_dims", [x], axes=axes)
 
 
@@ -238,7 +245,7 @@ def stack(values: Sequence[Value], axis: int = 0) -> Value:
     values = list(values)
     if not values:
         raise GraphError(f"stack needs at least one value\n  at {user_location()}")
-    (ax,) = normalize_axes(axis, values[0].ndim + 1)
+    (ax,) = normalize_axes(axis, values[0].ndim + 1, "stack", values)
     return concat([expand_dims(v, ax) for v in values], axis=ax)
 
 
@@ -248,10 +255,23 @@ def _slices(index: tuple) -> tuple:
     return tuple(slice(*entry) for entry in index)
 
 
+def _sliced_size(d: int | None, start: int | None, stop: int | None, step: int) -> int | None:
+    """Size of `range(n)[start:stop:step]`; for a run-time `n`, known only when both ends
+    count from the same side (e.g. `i:i+1`, `-3:`), assuming the axis is long enough (the
+    run-time shape check catches it when it is not)."""
+    if d is not None:
+        return len(range(*slice(start, stop, step).indices(d)))
+    if step != 1 or start is None:
+        return None
+    if stop is None:
+        return -start if start < 0 else None
+    if (start >= 0) == (stop >= 0) or stop == 0:
+        return max(0, stop - start) if stop != 0 or start < 0 else None
+    return None
+
+
 def _slice_infer(nodes: list[Node], index: tuple) -> tuple:
-    shape = []
-    for d, entry in zip(nodes[0].shape, index):
-        shape.append(None if d is None else len(range(*slice(*entry).indices(d))))
+    shape = [_sliced_size(d, *entry) for d, entry in zip(nodes[0].shape, index)]
     return tuple(shape), nodes[0].dtype
 
 
@@ -286,10 +306,12 @@ def getitem(x: Value, index: Any) -> Value:
         return take(x, index, axis=0)
     items = list(index) if isinstance(index, tuple) else [index]
     if sum(1 for i in items if i is Ellipsis) > 1:
-        raise GraphError(f"an index can only have a single Ellipsis\n  at {user_location()}")
+        raise GraphError(f"getitem: an index can only have a single Ellipsis\n"
+                         f"  operands: {describe_operands([x])}\n  at {user_location()}")
     consumed = sum(1 for i in items if i is not None and i is not Ellipsis)
     if consumed > x.ndim:
-        raise GraphError(f"too many indices for a value of shape {format_shape(x.shape)}\n"
+        raise GraphError(f"getitem: too many indices ({consumed}) for a value of shape "
+                         f"{format_shape(x.shape)}\n  operands: {describe_operands([x])}\n"
                          f"  at {user_location()}")
     if Ellipsis in items:
         at = items.index(Ellipsis)
@@ -316,7 +338,8 @@ def getitem(x: Value, index: Any) -> Value:
             i = _as_int(item)
             size = x.shape[axis]
             if size is not None and not -size <= i < size:
-                raise GraphError(f"index {i} is out of bounds for axis {axis} with size {size}\n"
+                raise GraphError(f"getitem: index {i} is out of bounds for axis {axis} with "
+                                 f"size {size}\n  operands: {describe_operands([x])}\n"
                                  f"  at {user_location()}")
             stop = None if i == -1 else i + 1
             spec.append((i, stop, 1))
@@ -364,5 +387,5 @@ def take(x: Value, indices: Value, axis: int = 0) -> Value:
     """Gather entries of `x` along `axis` at integer `indices` (gradient: scatter-add)."""
     if not isinstance(indices, Value):
         indices = x.graph.const(np.asarray(indices, dtype=np.int64))
-    (ax,) = normalize_axes(axis, x.ndim)
+    (ax,) = normalize_axes(axis, x.ndim, "take", [x, indices])
     return make("take", [x, indices], axis=ax)

@@ -109,7 +109,7 @@ def fuse(graph: Graph) -> list[Group]:
 
     for g in groups:
         g.nodes.sort()
-    groups.sort(key=lambda g: (g.phase, g.root))
+    groups = _schedule(graph, groups, group_of)
     roots = set(graph.outputs) | {nid for _, nid in graph.updates}
     for g in groups:
         members = set(g.nodes)
@@ -122,6 +122,38 @@ def fuse(graph: Graph) -> list[Group]:
                     loads.append(i)
         g.loads = loads
     return groups
+
+
+def _schedule(graph: Graph, groups: list[Group], group_of: dict[int, Group]) -> list[Group]:
+    """Groups in dependency order (Kahn), output phase first, then by root id."""
+    import heapq
+
+    index = {id(g): k for k, g in enumerate(groups)}
+    after: dict[int, set[int]] = {k: set() for k in range(len(groups))}
+    waiting = [0] * len(groups)
+    for k, g in enumerate(groups):
+        deps = set()
+        for n in g.nodes:
+            for i in data_inputs(graph.nodes[n]):
+                producer = group_of.get(i)
+                if producer is not None and producer is not g:
+                    deps.add(index[id(producer)])
+        for d in deps:
+            after[d].add(k)
+        waiting[k] = len(deps)
+    ready = [(g.phase, g.root, k) for k, g in enumerate(groups) if waiting[k] == 0]
+    heapq.heapify(ready)
+    order: list[Group] = []
+    while ready:
+        _, _, k = heapq.heappop(ready)
+        order.append(groups[k])
+        for j in after[k]:
+            waiting[j] -= 1
+            if waiting[j] == 0:
+                heapq.heappush(ready, (groups[j].phase, groups[j].root, j))
+    if len(order) != len(groups):
+        raise RuntimeError("internal: fusion groups form a cycle")
+    return order
 
 
 def _host_group(graph: Graph, node: Node, users: dict[int, list[int]],
