@@ -1,78 +1,34 @@
 """graphc: a JIT-compiled static-graph framework for training neural networks.
 
-Declare a graph, derive its backward graph symbolically (`grad`), inspect it
-(`format_graph`, `Graph.to_networkx`) and evaluate it with the numpy reference interpreter
-(`evaluate`).
+Declare a graph (`Graph`, ops, `nn`), derive its backward graph symbolically (`grad`),
+inspect it (`format_graph`, `Graph.to_networkx`), evaluate it with the numpy reference
+interpreter (`evaluate`), and compile a whole training step into Numba kernels (`compile`).
 """
 
-from graphc import nn
+from graphc import data, nn, optim
 from graphc.autodiff import grad
+from graphc.compiler import compile
 from graphc.errors import FeedError, GraphError, NonFiniteError
 from graphc.inspect import format_graph, to_dot, to_networkx
 from graphc.interpret import evaluate
-from graphc.compiler import compile
-from graphc import optim
 from graphc.ir import Graph, Value
 from graphc.ops import (
-    abs,
-    add,
-    broadcast_to,
-    cast,
-    concat,
-    div,
-    equal,
-    erf,
-    exp,
-    expand_dims,
-    gelu,
-    greater,
-    leaky_relu,
-    less,
-    log,
-    log_softmax,
-    logsumexp,
-    matmul,
-    max,
-    maximum,
-    mean,
-    min,
-    minimum,
-    mse,
-    mul,
-    neg,
-    one_hot,
-    pow,
-    relu,
-    reshape,
-    rsqrt,
-    sigmoid,
-    sign,
-    softmax,
-    softmax_cross_entropy,
-    sqrt,
-    square,
-    squeeze,
-    stack,
-    stop_gradient,
-    sub,
-    sum,
-    swapaxes,
-    take,
-    tanh,
-    transpose,
-    where,
-    zeros_like,
+    abs, add, broadcast_to, cast, concat, div, equal, erf, exp, expand_dims, gelu, greater,
+    leaky_relu, less, log, log_softmax, logsumexp, matmul, max, maximum, mean, min, minimum,
+    mse, mul, neg, one_hot, pow, relu, reshape, rsqrt, sigmoid, sign, softmax,
+    softmax_cross_entropy, sqrt, square, squeeze, stack, stop_gradient, sub, sum, swapaxes,
+    take, tanh, transpose, where, zeros_like,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
     "FeedError", "Graph", "GraphError", "NonFiniteError", "Value", "abs", "add", "broadcast_to",
-    "compile", "optim",
-    "cast", "concat", "div", "equal", "erf", "evaluate", "exp", "expand_dims", "format_graph",
-    "gelu", "grad", "greater", "leaky_relu", "less", "log", "log_softmax", "logsumexp",
-    "matmul", "max", "maximum", "mean", "min", "minimum", "mse", "mul", "neg", "nn", "one_hot",
-    "pow", "relu", "reshape", "rsqrt", "sigmoid", "sign", "softmax", "softmax_cross_entropy",
-    "sqrt", "square", "squeeze", "stack", "stop_gradient", "sub", "sum", "swapaxes", "take",
-    "tanh", "to_dot", "to_networkx", "transpose", "where", "zeros_like",
+    "cast", "compile", "concat", "data", "div", "equal", "erf", "evaluate", "exp",
+    "expand_dims", "format_graph", "gelu", "grad", "greater", "leaky_relu", "less", "log",
+    "log_softmax", "logsumexp", "matmul", "max", "maximum", "mean", "min", "minimum", "mse",
+    "mul", "neg", "nn", "one_hot", "optim", "pow", "relu", "reshape", "rsqrt", "sigmoid",
+    "sign", "softmax", "softmax_cross_entropy", "sqrt", "square", "squeeze", "stack",
+    "stop_gradient", "sub", "sum", "swapaxes", "take", "tanh", "to_dot", "to_networkx",
+    "transpose", "where", "zeros_like",
 ]

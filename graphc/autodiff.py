@@ -65,17 +65,20 @@ def grad(y: Value, xs: Any) -> Any:
     """
     targets, single = as_values(xs)
     if not isinstance(y, Value):
-        raise GraphError(f"grad: y must be a graphc Value, got {type(y).__name__}")
+        raise GraphError(f"grad: y must be a graphc Value, got {type(y).__name__}\n"
+                         f"  at {user_location()}")
     graph = y.graph
     if y.shape != ():
         raise GraphError(f"grad: y must be a scalar, got shape {format_shape(y.shape)} from "
                          f"{y.op} at {y.node.where}; reduce it first (e.g. gc.mean)\n"
                          f"  at {user_location()}")
     if not is_float(y.dtype):
-        raise GraphError(f"grad: y must be floating point, got {y.dtype}")
+        raise GraphError(f"grad: y must be floating point, got {format_shape(y.shape)} "
+                         f"{y.dtype} from {y.op} at {y.node.where}\n  at {user_location()}")
     for x in targets:
         if x.graph is not graph:
-            raise GraphError(f"grad: {x!r} belongs to a different graph than y")
+            raise GraphError(f"grad: {x!r} belongs to a different graph than y\n"
+                             f"  at {user_location()}")
         if not is_float(x.dtype):
             raise GraphError(f"grad: {x.node.label} has dtype {x.dtype}; only floating-point "
                              f"values have gradients\n  at {user_location()}")

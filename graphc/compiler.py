@@ -53,8 +53,9 @@ def build_program(outputs: list[Any], optimizer: Optimizer | None, fetch: list[A
     return program
 
 
-def compile(outputs: Any, optimizer: Optimizer | None = None, target: str = "cpu",
-            fetch: Any = None) -> CompiledFunction:  # noqa: A001 - the framework's verb
+def compile(  # noqa: A001 - the framework's verb
+        outputs: Any, optimizer: Optimizer | None = None, target: str = "cpu",
+        fetch: Any = None) -> CompiledFunction:
     """Compile a training step (with `optimizer`) or a function of the inputs (without).
 
     Training: `step = compile(loss, optimizer=Adam(1e-3))`; `step(x=..., y=...)` runs

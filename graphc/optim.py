@@ -8,7 +8,7 @@ corrections) are run-time inputs of the program, so a new learning rate needs no
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

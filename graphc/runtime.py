@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from graphc.errors import FeedError, GraphError, NonFiniteError
+from graphc.errors import GraphError, NonFiniteError
 from graphc.feeds import check_feeds
 from graphc.inspect import format_nodes
 from graphc.interpret import run_nodes
-from graphc.ir import Graph
+from graphc.ir import Graph, ancestors
 from graphc.ops import OPS
 from graphc.ops.registry import InferError
 from kernels.cpu.threads import set_blas_threads, threads_for
@@ -125,8 +126,9 @@ class CompiledFunction:
         self.check_finite = True
         self._single = single
         self._signatures: dict[tuple, _Signature] = {}
-        self._inputs = [n for n in program.nodes if n.op == "input" and
-                        not n.name.startswith("@")]
+        needed = ancestors(program, list(program.outputs) + [n for _, n in program.updates])
+        self._inputs = [n for n in program.nodes if n.op == "input" and n.id in needed
+                        and not n.name.startswith("@")]
         self._hyper = {n.name: np.zeros(1, dtype=n.dtype) for n in program.nodes
                        if n.op == "input" and n.name.startswith("@")}
         self._user_inputs = [n for n in user_graph.nodes if n.op == "input"]

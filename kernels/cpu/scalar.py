@@ -70,6 +70,7 @@ def pow_f64(x, y):  # type: ignore[no-untyped-def]
     return x ** y
 
 
-FUNCTIONS = ("exp", "log", "tanh", "sigmoid", "sqrt", "erf", "pow")
-
-__all__ = [f"{name}_{suffix}" for name in FUNCTIONS for suffix in ("f32", "f64")]
+__all__ = [
+    "erf_f32", "erf_f64", "exp_f32", "exp_f64", "log_f32", "log_f64", "pow_f32", "pow_f64",
+    "sigmoid_f32", "sigmoid_f64", "sqrt_f32", "sqrt_f64", "tanh_f32", "tanh_f64",
+]
