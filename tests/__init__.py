@@ -1,0 +1,1 @@
+"""graphc test suite (a package, so test modules can share `tests.helpers`)."""
