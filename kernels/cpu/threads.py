@@ -18,7 +18,7 @@ _GETTERS = ("scipy_openblas_get_num_threads", "openblas_get_num_threads")
 def _load() -> tuple[object | None, object | None]:
     try:
         import scipy
-        import scipy.linalg.cython_blas  # noqa: F401 - loads the library Numba uses
+        import scipy.linalg.cython_blas
     except ImportError:
         return None, None
     libs = os.path.join(os.path.dirname(os.path.dirname(scipy.__file__)), "scipy.libs")
