@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Literal
 
 import numpy as np
@@ -95,28 +95,42 @@ class Workload:
         return [(x.copy(), y.copy()) for x, y in _materialize(self.name)[1]]
 
 
-WORKLOADS: dict[str, Workload] = {
-    w.name: w
-    for w in [
-        Workload(
-            "digits", "mlp", 64, (64, 128, 128, 10), "relu",
-            "64-128-128-10 ReLU MLP, batch 64, softmax cross-entropy",
-        ),
-        Workload(
-            "mnist", "mlp", 128, (784, 512, 512, 10), "relu",
-            "784-512-512-10 ReLU MLP, batch 128, softmax cross-entropy",
-        ),
-        Workload(
-            "deep", "mlp", 32, (64,) + (64,) * 16 + (10,), "tanh",
-            "64 -> 16 x (Linear 64, tanh) -> Linear 10, batch 32, softmax cross-entropy",
-        ),
-        Workload(
-            "ffn", "ffn", 256, (256, 1024), "gelu",
-            "256 tokens x d 256: layer_norm -> 256x1024 -> gelu(tanh) -> 1024x256 "
-            "-> +residual, MSE",
-        ),
-    ]
-}
+_ALL = [
+    Workload(
+        name="digits",
+        kind="mlp",
+        batch=64,
+        sizes=(64, 128, 128, 10),
+        activation="relu",
+        description="64-128-128-10 ReLU MLP, batch 64, softmax cross-entropy",
+    ),
+    Workload(
+        name="mnist",
+        kind="mlp",
+        batch=128,
+        sizes=(784, 512, 512, 10),
+        activation="relu",
+        description="784-512-512-10 ReLU MLP, batch 128, softmax cross-entropy",
+    ),
+    Workload(
+        name="deep",
+        kind="mlp",
+        batch=32,
+        sizes=(64,) + (64,) * 16 + (10,),
+        activation="tanh",
+        description="64 -> 16 x (Linear 64, tanh) -> Linear 10, batch 32, softmax cross-entropy",
+    ),
+    Workload(
+        name="ffn",
+        kind="ffn",
+        batch=256,
+        sizes=(256, 1024),
+        activation="gelu",
+        description="256 tokens x d 256: layer_norm -> Linear 256x1024 -> gelu (tanh) "
+        "-> Linear 1024x256 -> + residual, MSE",
+    ),
+]
+WORKLOADS: dict[str, Workload] = {w.name: w for w in _ALL}
 
 
 def get_workload(name: str) -> Workload:
@@ -136,7 +150,7 @@ def _linear_init(rng: np.random.Generator, fan_in: int, fan_out: int) -> tuple[n
     return w, b
 
 
-@lru_cache(maxsize=None)
+@cache
 def _materialize(name: str) -> tuple[dict[str, np.ndarray], list[Batch]]:
     """Draw the parameters, then the batches, of one workload from ``default_rng(SEED)``."""
     wl = get_workload(name)

@@ -83,10 +83,10 @@ class JaxRunner:
             return p, m, v, t, loss
 
         self._step = jax.jit(train_step, donate_argnums=(0, 1, 2, 3))
-        p = {k: jnp.asarray(a) for k, a in params.items()}
-        zeros = {k: jnp.zeros_like(a) for k, a in p.items()}
-        self.state = (p, zeros, {k: jnp.zeros_like(a) for k, a in p.items()},
-                      jnp.zeros((), jnp.int32))
+        p = {k: jnp.array(a, copy=True) for k, a in params.items()}
+        m = {k: jnp.zeros_like(a) for k, a in p.items()}
+        v = {k: jnp.zeros_like(a) for k, a in p.items()}
+        self.state = (p, m, v, jnp.zeros((), jnp.int32))
         self.batches = [(jax.device_put(x), jax.device_put(y)) for x, y in batches]
 
     def step(self, i: int) -> jax.Array:

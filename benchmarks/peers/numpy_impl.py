@@ -72,7 +72,7 @@ def _flat_views(
     views, off = {}, 0
     for name, shape in shapes.items():
         n = math.prod(shape)
-        views[name] = flat[off:off + n].reshape(shape)
+        views[name] = flat[off : off + n].reshape(shape)
         off += n
     return flat, views
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
+from torch.nn import functional
 
 from benchmarks.workloads import BETAS, EPS, LN_EPS, LR, Batch, Workload
 
@@ -54,7 +54,7 @@ class TorchRunner:
                 if i < wl.n_layers - 1:
                     layers.append(nn.ReLU() if wl.activation == "relu" else nn.Tanh())
             self.model: nn.Module = nn.Sequential(*layers)
-            self.loss_fn = F.cross_entropy
+            self.loss_fn = functional.cross_entropy
         else:
             model = FFN(*wl.sizes)
             with torch.no_grad():
@@ -63,7 +63,7 @@ class TorchRunner:
             _load_linear(model.fc0, params["fc0.w"], params["fc0.b"])
             _load_linear(model.fc1, params["fc1.w"], params["fc1.b"])
             self.model = model
-            self.loss_fn = F.mse_loss
+            self.loss_fn = functional.mse_loss
         self.opt = torch.optim.Adam(self.model.parameters(), lr=LR, betas=BETAS, eps=EPS)
         self.batches = [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in batches]
 
