@@ -67,6 +67,15 @@ class BackwardGraph:
         return self.__graphc_listing__()
 
 
+def _step_array(a: np.ndarray) -> np.ndarray:
+    """`a` as the step was compiled for it: C-contiguous and writable (numba types a
+    read-only array differently, so a frozen constant or a read-only feed would silently
+    compile a second specialisation of the whole step at the first call)."""
+    if a.flags.c_contiguous and a.flags.writeable:
+        return a
+    return np.array(a, order="C", copy=True)
+
+
 class _Signature:
     """Buffers and sizes for one combination of feed shapes."""
 
@@ -169,8 +178,8 @@ class CompiledFunction:
         args = sig.args
         for name, slot in sig.feed_slots.items():
             a = arrays[name]
-            args[slot] = np.ascontiguousarray(a).reshape(1) if a.ndim == 0 else \
-                np.ascontiguousarray(a)
+            a = _step_array(a)
+            args[slot] = a.reshape(1) if a.ndim == 0 else a
         set_blas_threads(sig.blas_threads)
         ok, outs = self._fn(*args, sig.sizes, self.check_finite and self.optimizer is not None)
         if not ok:
@@ -235,7 +244,7 @@ class CompiledFunction:
                 arr = store[key]
                 args.append(arr.reshape(1) if arr.ndim == 0 else arr)
             elif kind == "const":
-                value = np.ascontiguousarray(self.program.nodes[key].attrs["value"])
+                value = _step_array(self.program.nodes[key].attrs["value"])
                 args.append(value.reshape(1) if value.ndim == 0 else value)
             elif kind == "dim":
                 node = self.program.nodes[key]
