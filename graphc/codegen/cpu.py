@@ -327,16 +327,45 @@ class StepWriter:
         self.kernels.append(kernel)
         return kernel
 
+    def in_place_pairs(self, group: Group) -> dict[int, int]:
+        """Stores that overwrite an array the group also loads: {store node: load node}."""
+        pairs = {}
+        for nid in group.stores:
+            name = self.memory.inplace.get(nid)
+            for load in group.loads:
+                leaf = self.graph.nodes[load]
+                if name is not None and leaf.op in ("param", "state") and leaf.name == name:
+                    pairs[nid] = load
+        return pairs
+
     def emit_loop(self, group: Group) -> None:
-        source, loads = loop_kernel_source(self.graph, group)
+        in_place = self.in_place_pairs(group)
+        source, loads = loop_kernel_source(self.graph, group, in_place)
         kernel = self.add_kernel(group, source)
         root = self.graph.nodes[group.root]
         reduce_root = OPS[root.op].kind == "reduce"
         space_node = root.inputs[0] if reduce_root else root.id
         sizes = [self.dim(space_node, a) for a in range(len(self.graph.nodes[space_node].shape))]
         operands = [self.value(i) for i in loads]
-        stores = [self.bind_store(n) for n in group.stores]
-        self.body.append(f"{kernel.name}({', '.join(sizes + operands + stores)})")
+        stores = [self.bind_store(n) for n in group.stores if n not in in_place]
+        args = sizes + operands + stores
+        packs = pack_arguments(args)
+        if packs is not None:
+            args = [f"({', '.join(pack)},)" for pack in packs]
+        self.body.append(f"{kernel.name}({', '.join(args)})")
+
+
+# CPython compiles a call with more than 30 arguments (its STACK_USE_GUIDELINE) as
+# f(*tuple), which Numba cannot inline ("Calling a closure with *args is unsupported"): a
+# kernel with more operands takes them packed in tuples of at most this many.
+MAX_CALL_ARGS = 30
+
+
+def pack_arguments(names: list[str]) -> list[list[str]] | None:
+    """`names` split into tuples of at most MAX_CALL_ARGS, or None if a plain call fits."""
+    if len(names) <= MAX_CALL_ARGS:
+        return None
+    return [names[k:k + MAX_CALL_ARGS] for k in range(0, len(names), MAX_CALL_ARGS)]
 
 
 def _operand_index(shape: tuple, space: tuple) -> str:
@@ -351,8 +380,16 @@ def _operand_index(shape: tuple, space: tuple) -> str:
     return ", ".join(parts)
 
 
-def loop_kernel_source(graph: Graph, group: Group) -> tuple[str, list[int]]:
-    """Source of a fused loop kernel and the nodes it loads, in argument order."""
+def loop_kernel_source(graph: Graph, group: Group, in_place: dict[int, int] | None = None
+                       ) -> tuple[str, list[int]]:
+    """Source of a fused loop kernel and the nodes it loads, in argument order.
+
+    `in_place` maps stores to the loaded array they overwrite at the same index: such an
+    array is passed once and written through the same name, so LLVM vectorises the loop
+    (two names for one array fail its run-time overlap check and it falls back to scalar
+    code: an in-place Adam update of 16K floats took 27 us instead of 3 us).
+    """
+    in_place = in_place or {}
     root = graph.nodes[group.root]
     reduce_root = OPS[root.op].kind == "reduce"
     body_ids = group.nodes[:-1] if reduce_root else group.nodes
@@ -367,7 +404,9 @@ def loop_kernel_source(graph: Graph, group: Group) -> tuple[str, list[int]]:
         else:
             loads.append(nid)
     arg_names = {nid: f"x{k}" for k, nid in enumerate(loads)}
-    store_names = {nid: f"y{k}" for k, nid in enumerate(group.stores)}
+    own_stores = [nid for nid in group.stores if nid not in in_place]
+    store_names = {nid: f"y{k}" for k, nid in enumerate(own_stores)}
+    store_names.update({nid: arg_names[load] for nid, load in in_place.items()})
     local = {nid: f"t{k}" for k, nid in enumerate(loads + body_ids)}
     body: list[str] = []
     for nid in loads:
@@ -386,8 +425,13 @@ def loop_kernel_source(graph: Graph, group: Group) -> tuple[str, list[int]]:
             body.append(f"{store_names[nid]}{full} = {local[nid]}")
 
     sizes = [f"n{a}" for a in range(rank)]
-    params = ", ".join(sizes + [arg_names[n] for n in loads] + list(store_names.values()))
-    lines = [KERNEL_DECORATOR, f"def kernel({params}):"]
+    names = sizes + [arg_names[n] for n in loads] + [store_names[n] for n in own_stores]
+    packs = pack_arguments(names)
+    if packs is None:
+        lines = [KERNEL_DECORATOR, f"def kernel({', '.join(names)}):"]
+    else:
+        lines = [KERNEL_DECORATOR, f"def kernel({', '.join(f'p{k}' for k in range(len(packs)))}):"]
+        lines += [f"    {', '.join(pack)}, = p{k}" for k, pack in enumerate(packs)]
     if not reduce_root:
         lines += _nest(rank, range(rank), body, 1)
     else:
