@@ -17,9 +17,7 @@ from graphc.codegen.cpu import StepWriter
 from graphc.errors import GraphError, user_location
 from graphc.ir import Graph, as_values, building_gradient, format_shape, is_float
 from graphc.optim import Optimizer
-from graphc.passes import optimize
-from graphc.passes.fusion import fuse
-from graphc.passes.memory import plan_memory
+from graphc.passes import SCHEDULE, optimize
 from graphc.runtime import CompiledFunction, CompileReport
 
 TARGETS = ("cpu", "cuda")
@@ -78,12 +76,8 @@ def compile(  # noqa: A001 - the framework's verb
     report.nodes_before = len(program.nodes)
     program = optimize(program, timings=timings)
     report.nodes_after = len(program.nodes)
-    start = time.perf_counter()
-    groups = fuse(program)
-    timings["fusion"] = time.perf_counter() - start
-    start = time.perf_counter()
-    memory = plan_memory(program, groups)
-    timings["memory plan"] = time.perf_counter() - start
+    program = optimize(program, SCHEDULE, timings=timings)
+    groups, memory = program.groups, program.memory
 
     start = time.perf_counter()
     stats = CacheStats()
@@ -97,7 +91,8 @@ def compile(  # noqa: A001 - the framework's verb
     report.cache_repaired = stats.repaired
 
     start = time.perf_counter()
-    step_fn = _load_step(writer, step_module, step_path, program)
+    step_fn, rebuilt = _load_step(writer, step_module, step_path, program)
+    report.cache_repaired += rebuilt
     timings["numba compile / cache load"] = time.perf_counter() - start
     return CompiledFunction(program, step_fn, writer, report, optimizer, single,
                             values[0].graph, step_source, step_path, memory.slot)
@@ -121,17 +116,21 @@ def _signature(writer: StepWriter, program: Graph) -> tuple:
     return tuple(types)
 
 
-def _load_step(writer: StepWriter, module: str, path: str, program: Graph) -> Any:
+def _load_step(writer: StepWriter, module: str, path: str, program: Graph) -> tuple[Any, int]:
     """Import the step and its kernels and compile (or load from Numba's cache) for the
-    step's argument types. An unusable cache entry is dropped and compiled afresh."""
+    step's argument types. An unusable cache entry is dropped and compiled afresh.
+
+    Returns (step function, 1 if the Numba cache had to be dropped and rebuilt else 0)."""
     signature = _signature(writer, program)
     try:
         for kernel in writer.kernels:
             load_module(kernel.module, kernel.path)
         fn = load_module(module, path).step
         fn.compile(signature)
-        return fn
-    except (ImportError, SyntaxError, EOFError, OSError, ValueError) as err:
+        return fn, 0
+    except Exception as err:
+        # index and data files, so junk in them raises whatever pickle raises
+        # (UnpicklingError, EOFError, KeyError, ...); the retry below starts clean.
         for kernel in writer.kernels:
             purge(kernel.module, kernel.path)
         purge(module, path)
@@ -140,7 +139,7 @@ def _load_step(writer: StepWriter, module: str, path: str, program: Graph) -> An
                 load_module(kernel.module, kernel.path)
             fn = load_module(module, path).step
             fn.compile(signature)
-            return fn
+            return fn, 1
         except Exception as again:
             raise GraphError(f"compiling the step failed: {again} (first attempt: {err})") \
                 from again

@@ -127,6 +127,9 @@ class Graph:
         # each (storage name, node id) meaning "after the step, storage[name] = node".
         self.state_values: dict[str, np.ndarray] = {}
         self.updates: list[tuple[str, int]] = []
+        # Set by the scheduling passes (fusion, memory planning) on compiled programs.
+        self.groups: list[Any] | None = None
+        self.memory: Any = None
         self._names: dict[str, int] = {}
         self._auto_names: dict[str, int] = {}
 
@@ -264,6 +267,7 @@ class Graph:
         other.custom_gradients = {}
         other.outputs = []
         other.updates = []
+        other.groups, other.memory = None, None
         other._names, other._auto_names = {}, self._auto_names
         return other
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from graphc.codegen.cache import CacheStats, write_module
 from graphc.errors import short_location
-from graphc.ir import Graph, Node
+from graphc.ir import Graph, Node, format_shape
 from graphc.ops import OPS
 from graphc.passes.fusion import BROADCASTS, Group, data_inputs
 from graphc.passes.memory import MemoryPlan
@@ -200,9 +200,23 @@ class StepWriter:
         for k in self.kernels:
             uses[k.source] = uses.get(k.source, 0) + 1
         for k in self.kernels:
-            inline = "" if uses[k.source] > 1 else "inline='always', "
-            k.source = k.source.replace(KERNEL_DECORATOR, _DECORATOR.replace("INLINE", inline))
+            shared = uses[k.source] > 1
+            inline = "" if shared else "inline='always', "
+            source = k.source.replace(KERNEL_DECORATOR, _DECORATOR.replace("INLINE", inline))
+            if not shared:
+                # compiled into this step only: the file can say exactly what it computes
+                source = self.describe(k) + source
+            k.source = source
             k.module, k.path = write_module("graphc_kernel", k.source, self.stats)
+
+    def describe(self, kernel: Kernel) -> str:
+        """Header lines: the nodes a kernel fuses and the user lines they came from."""
+        lines = [f"# graph {self.graph.name!r}: fuses {len(kernel.nodes)} node(s)"]
+        for nid in kernel.nodes:
+            node = self.graph.nodes[nid]
+            lines.append(f"#   {node.label} = {node.op} {format_shape(node.shape)} {node.dtype}"
+                         f"  ({node.role}, {node.where})")
+        return "\n".join(lines) + "\n"
 
     def emit_check(self) -> None:
         floats = [nid for nid in self.graph.outputs

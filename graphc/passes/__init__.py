@@ -9,12 +9,41 @@ from graphc.errors import GraphError
 from graphc.ir import Graph
 from graphc.passes.cse import eliminate_common_subexpressions
 from graphc.passes.dce import eliminate_dead_code
+from graphc.passes.fusion import fuse
+from graphc.passes.memory import plan_memory
 from graphc.passes.simplify import simplify
 
 Pass = Callable[[Graph], Graph]
 
 PIPELINE: list[Pass] = [simplify, eliminate_common_subexpressions, simplify,
                         eliminate_dead_code]
+
+
+def fusion(graph: Graph) -> Graph:
+    """Annotate the graph with its fusion groups (`graph.groups`, in execution order).
+
+    Invariant: nodes, outputs and updates are unchanged (the interpreter gives the same
+    results); every compute node belongs to exactly one group.
+    """
+    out = graph.fork()
+    out.groups = fuse(out)
+    return out
+
+
+def memory_planning(graph: Graph) -> Graph:
+    """Annotate a fused graph with its memory plan (`graph.memory`): buffer slots shared by
+    values never live at once, views, and updates written in place.
+
+    Invariant: nodes, outputs and updates are unchanged; no buffer is overwritten while a
+    later group still reads the value it held.
+    """
+    out = graph.fork()
+    out.groups = graph.groups
+    out.memory = plan_memory(out, out.groups)
+    return out
+
+
+SCHEDULE: list[Pass] = [fusion, memory_planning]
 
 
 def verify(graph: Graph) -> None:
@@ -42,5 +71,5 @@ def optimize(graph: Graph, passes: list[Pass] | None = None,
     return graph
 
 
-__all__ = ["PIPELINE", "eliminate_common_subexpressions", "eliminate_dead_code", "optimize",
-           "simplify", "verify"]
+__all__ = ["PIPELINE", "SCHEDULE", "eliminate_common_subexpressions", "eliminate_dead_code",
+           "fusion", "memory_planning", "optimize", "simplify", "verify"]
