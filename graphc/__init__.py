@@ -2,16 +2,20 @@
 
 Declare a graph (`Graph`, ops, `nn`), derive its backward graph symbolically (`grad`),
 inspect it (`format_graph`, `Graph.to_networkx`), evaluate it with the numpy reference
-interpreter (`evaluate`), and compile a whole training step into Numba kernels (`compile`).
+interpreter (`evaluate`), compile a whole training step into Numba kernels (`compile`),
+train it on data (`fit`, `metrics`) and save or resume it (`step.save`, `step.load`).
 """
 
-from graphc import data, nn, optim
+from graphc import data, metrics, nn, optim
 from graphc.autodiff import grad
+from graphc.checkpoint import CheckpointError
 from graphc.compiler import compile
 from graphc.errors import FeedError, GraphError, NonFiniteError
 from graphc.inspect import format_graph, to_dot, to_networkx
 from graphc.interpret import evaluate
 from graphc.ir import Graph, Value
+from graphc.ops.custom import custom_op
+from graphc.ops.registry import defop
 from graphc.ops import (
     abs, add, broadcast_to, cast, concat, div, equal, erf, exp, expand_dims, gelu, greater,
     leaky_relu, less, log, log_softmax, logsumexp, matmul, max, maximum, mean, min, minimum,
@@ -19,10 +23,13 @@ from graphc.ops import (
     softmax_cross_entropy, sqrt, square, squeeze, stack, stop_gradient, sub, sum, swapaxes,
     take, tanh, transpose, where, zeros_like,
 )
+from graphc.train import Callback, Checkpoint, EarlyStopping, History, fit
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "custom_op", "defop",
+    "Callback", "Checkpoint", "CheckpointError", "EarlyStopping", "History", "fit", "metrics",
     "FeedError", "Graph", "GraphError", "NonFiniteError", "Value", "abs", "add", "broadcast_to",
     "cast", "compile", "concat", "data", "div", "equal", "erf", "evaluate", "exp",
     "expand_dims", "format_graph", "gelu", "grad", "greater", "leaky_relu", "less", "log",

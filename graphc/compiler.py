@@ -12,12 +12,14 @@ import numba
 import numpy as np
 
 from graphc.autodiff import grad
+from graphc.codegen import backends
 from graphc.codegen.cache import CacheStats, load_module, purge, write_module
 from graphc.codegen.cpu import StepWriter
 from graphc.errors import GraphError, user_location
 from graphc.ir import Graph, as_values, building_gradient, format_shape, is_float
 from graphc.optim import Optimizer
 from graphc.passes import SCHEDULE, optimize
+from graphc.passes.mode import apply_view
 from graphc.runtime import CompiledFunction, CompileReport
 
 TARGETS = ("cpu", "cuda")
@@ -29,6 +31,10 @@ def build_program(outputs: list[Any], optimizer: Optimizer | None, fetch: list[A
     outputs and updates set."""
     graph = outputs[0].graph
     program = graph.fork()
+    # The program's own state dict: optimizer moments it adds belong to this step alone
+    # (a second step compiled from the graph gets fresh ones); graph-level state such as
+    # batch-norm statistics stays shared, array by array.
+    program.state_values = dict(graph.state_values)
     if optimizer is None:
         program.outputs = [v.id for v in outputs + fetch]
         return program
@@ -53,19 +59,20 @@ def build_program(outputs: list[Any], optimizer: Optimizer | None, fetch: list[A
 
 def compile(  # noqa: A001 - the framework's verb
         outputs: Any, optimizer: Optimizer | None = None, target: str = "cpu",
-        fetch: Any = None) -> CompiledFunction:
+        fetch: Any = None, training: bool | None = None) -> CompiledFunction:
     """Compile a training step (with `optimizer`) or a function of the inputs (without).
 
     Training: `step = compile(loss, optimizer=Adam(1e-3))`; `step(x=..., y=...)` runs
     forward, backward and the update in one call and returns the loss (and `fetch` values).
     Inference: `f = compile([logits])`; `(out,) = f(x=...)`.
+
+    `training` picks the view of layers that differ (dropout, batch norm): default True
+    with an optimizer, False without. In training, the state those layers keep (running
+    statistics, dropout's RNG step) is updated inside the step.
     """
     if target not in TARGETS:
         raise GraphError(f"unknown target {target!r}; expected one of {', '.join(TARGETS)}")
-    if target == "cuda":
-        from graphc.codegen.cuda import require_cuda
-
-        require_cuda()
+    backends.require(target)
     values, single = as_values(outputs)
     if not values:
         raise GraphError("compile needs at least one output Value")
@@ -73,11 +80,17 @@ def compile(  # noqa: A001 - the framework's verb
     timings: dict[str, float] = {}
     report = CompileReport(phases=timings)
     program = build_program(values, optimizer, fetch_values, timings)
+    program = apply_view(program, optimizer is not None if training is None else training)
     report.nodes_before = len(program.nodes)
     program = optimize(program, timings=timings)
     report.nodes_after = len(program.nodes)
     program = optimize(program, SCHEDULE, timings=timings)
     groups, memory = program.groups, program.memory
+    if target != "cpu":
+        fn = backends.build(target, program, groups, memory, report, optimizer, single,
+                            values[0].graph)
+        fn.compile_args = (outputs, optimizer, fetch, training)
+        return fn
 
     start = time.perf_counter()
     stats = CacheStats()
@@ -94,8 +107,10 @@ def compile(  # noqa: A001 - the framework's verb
     step_fn, rebuilt = _load_step(writer, step_module, step_path, program)
     report.cache_repaired += rebuilt
     timings["numba compile / cache load"] = time.perf_counter() - start
-    return CompiledFunction(program, step_fn, writer, report, optimizer, single,
-                            values[0].graph, step_source, step_path, memory.slot)
+    fn = CompiledFunction(program, step_fn, writer, report, optimizer, single,
+                          values[0].graph, step_source, step_path, memory.slot)
+    fn.compile_args = (outputs, optimizer, fetch, training)
+    return fn
 
 
 def _signature(writer: StepWriter, program: Graph) -> tuple:
@@ -129,8 +144,9 @@ def _load_step(writer: StepWriter, module: str, path: str, program: Graph) -> tu
         fn.compile(signature)
         return fn, 0
     except Exception as err:
-        # index and data files, so junk in them raises whatever pickle raises
-        # (UnpicklingError, EOFError, KeyError, ...); the retry below starts clean.
+        # Any damaged cache entry: Numba unpickles its index and data files, so junk in them
+        # raises whatever pickle raises (UnpicklingError, EOFError, KeyError, ...); the
+        # retry below starts from a clean cache.
         for kernel in writer.kernels:
             purge(kernel.module, kernel.path)
         purge(module, path)

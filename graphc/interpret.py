@@ -62,16 +62,23 @@ def _check_runtime_shape(node: Any, result: np.ndarray) -> None:
 
 
 def evaluate(outputs: Any, feeds: Mapping[str, Any] | None = None, *,
-             check_finite: bool = False) -> Any:
+             check_finite: bool = False, training: bool = False) -> Any:
     """Evaluate a Value or list of Values with numpy, given `feeds` {input_name: array}.
 
     Returns one array for one Value, else a list. With `check_finite`, the first node that
     produces NaN or Inf raises NonFiniteError naming the node and the user's line.
+    `training` picks the view of layers that differ (dropout, batch norm; default: the
+    inference view); state (running statistics, RNG steps) is read, never updated.
     """
+    from graphc.passes.mode import has_modes, resolve_mode_with_mapping
+
     values, single = as_values(outputs)
     if not values:
         return []
     graph = values[0].graph
-    computed = run_nodes(graph, [v.id for v in values], feeds or {}, check_finite=check_finite)
-    results = [computed[v.id] for v in values]
+    ids = [v.id for v in values]
+    if has_modes(graph, ids):
+        graph, ids = resolve_mode_with_mapping(graph, ids, training)
+    computed = run_nodes(graph, ids, feeds or {}, check_finite=check_finite)
+    results = [computed[i] for i in ids]
     return results[0] if single else results

@@ -127,6 +127,10 @@ class Graph:
         # each (storage name, node id) meaning "after the step, storage[name] = node".
         self.state_values: dict[str, np.ndarray] = {}
         self.updates: list[tuple[str, int]] = []
+        # State updates layers declare (batch-norm statistics, RNG counters), each
+        # (state name, new-value node, anchor node, follows the training/inference view):
+        # compile adds those whose anchor it runs (graphc.passes.mode.apply_view).
+        self.state_updates: list[tuple[str, int, int, bool]] = []
         # Set by the scheduling passes (fusion, memory planning) on compiled programs.
         self.groups: list[Any] | None = None
         self.memory: Any = None
@@ -267,6 +271,7 @@ class Graph:
         other.custom_gradients = {}
         other.outputs = []
         other.updates = []
+        other.state_updates = []
         other.groups, other.memory = None, None
         other._names, other._auto_names = {}, self._auto_names
         return other
@@ -279,6 +284,7 @@ class Graph:
         other.custom_gradients = dict(self.custom_gradients)
         other.outputs = list(self.outputs)
         other.updates = list(self.updates)
+        other.state_updates = list(self.state_updates)
         other._names = dict(self._names)
         return other
 

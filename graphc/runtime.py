@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -162,6 +163,49 @@ class CompiledFunction:
     def optimizer_state(self) -> dict[str, np.ndarray]:
         """Optimizer buffers (moments) by name, live."""
         return self.program.state_values
+
+    @property
+    def input_names(self) -> list[str]:
+        """Names of the inputs a call must feed, in the order the graph declared them."""
+        return [n.name for n in self._inputs]
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> str:
+        """Write parameters, graph state (optimizer moments), `state["step"]` and a
+        fingerprint of the program to `path` (an .npz archive), atomically: an interrupted
+        save leaves an existing checkpoint intact. Returns the absolute path."""
+        from graphc.checkpoint import save
+
+        return save(self, path)
+
+    def load(self, path: str | os.PathLike, *, params_only: bool = False,
+             strict: bool = False) -> dict[str, Any]:
+        """Copy a checkpoint written by `save` into this function's arrays, in place (every
+        compiled function of the graph sees the values). Raises CheckpointError, before
+        copying anything, naming each parameter that is missing, extra, or of another shape
+        or dtype. `params_only` loads parameters alone; `strict` also refuses a training
+        checkpoint from a program with another fingerprint. Returns its metadata."""
+        from graphc.checkpoint import load
+
+        return load(self, path, params_only=params_only, strict=strict)
+
+    # -- targets (graphc/runtime_cuda.py overrides these for target="cuda") ----------------
+    target = "cpu"
+
+    def sync_to_host(self) -> None:
+        """Make the host arrays (`params`, `optimizer_state()`) current. A no-op on the CPU,
+        whose step updates them in place; on CUDA, copies the device values back."""
+
+    def sync_to_device(self) -> None:
+        """Push changes made to the host arrays to where the step runs (CUDA); a no-op
+        on the CPU."""
+
+    def to(self, target: str) -> CompiledFunction:
+        """This function compiled again for `target` ("cpu" or "cuda"), starting from copies
+        of its parameters, optimizer state and step counter."""
+        from graphc.runtime_cuda import retarget
+
+        return retarget(self, target)
 
     # -- calling -------------------------------------------------------------------------
     def __call__(self, **feeds: Any) -> Any:

@@ -58,10 +58,11 @@ def _kernel_library_version() -> str:
     """Hash of the hand-written scalar kernels generated code calls: a change to them must
     change every generated file (Numba's cache does not track callees)."""
     import kernels.cpu.fastmath as fm
+    import kernels.cpu.rng as rng
     import kernels.cpu.scalar as sc
 
     digest = hashlib.sha256()
-    for mod in (fm, sc):
+    for mod in (fm, sc, rng):
         with open(mod.__file__, "rb") as f:
             digest.update(f.read())
     return digest.hexdigest()[:16]
@@ -72,6 +73,7 @@ KERNEL_PRELUDE = """import math
 import numpy as np
 from numba import njit, prange
 
+from kernels.cpu.rng import dropout_keep
 from kernels.cpu.scalar import (
     erf_f32, erf_f64, exp_f32, exp_f64, log_f32, log_f64, pow_f32, pow_f64, sigmoid_f32,
     sigmoid_f64, sqrt_f32, sqrt_f64, tanh_f32, tanh_f64,
@@ -95,7 +97,7 @@ def literal(value: np.ndarray, dtype: str) -> str:
     return f"{_CTOR[dtype]}({text})"
 
 
-def _scalar_expr(node: Node, operands: list[str], graph: Graph) -> str:
+def _scalar_expr(node: Node, operands: list[str], graph: Graph, flat: str = "0") -> str:
     if node.op in BROADCASTS:
         return operands[0]
     op = OPS[node.op]
@@ -107,7 +109,7 @@ def _scalar_expr(node: Node, operands: list[str], graph: Graph) -> str:
     if node.op == "pow":
         template = f"pow{suffix}({{0}}, {{1}})"
     attrs = {k: v for k, v in node.attrs.items() if k != "dtype"}
-    return template.format(*operands, T=_CTOR[node.dtype], **attrs)
+    return template.format(*operands, T=_CTOR[node.dtype], _flat=flat, **attrs)
 
 
 @dataclass
@@ -140,6 +142,8 @@ class StepWriter:
         self.kernels: list[Kernel] = []
         self.body: list[str] = []
         self.contiguous: dict[int, bool] = {}
+        self.call_imports: set[str] = set()   # library kernels of "call" groups
+        self.call_digests: dict[str, str] = {}
 
     # -- naming ---------------------------------------------------------------------
     def arg(self, kind: str, key: object) -> str:
@@ -205,7 +209,8 @@ class StepWriter:
         self.body.append(f"return True, ({outs})")
         self.write_kernel_files()
         params = ", ".join([f"a{i}" for i in range(len(self.args))] + ["sizes", "check"])
-        imports = sorted({f"from {k.module} import kernel as {k.name}" for k in self.kernels})
+        imports = sorted({f"from {k.module} import kernel as {k.name}" for k in self.kernels}
+                         | self.call_imports)
         lines = ["import numpy as np", "from numba import njit", "",
                  "from kernels.cpu.linalg import batched_matmul", *imports, "", "",
                  "@njit(cache=True, nogil=True)", f"def step({params}):"]
@@ -275,6 +280,8 @@ class StepWriter:
             self.contiguous[node.id] = True
         elif group.kind == "index":
             self.emit_index(node)
+        elif group.kind == "call":
+            self.emit_call(node)
         else:
             raise NotImplementedError(f"no CPU code for {group.kind} group ({node.op})")
 
@@ -352,6 +359,28 @@ class StepWriter:
             node, self.graph))
         operands = [self.value(i) for i in data_inputs(node)]
         self.body.append(f"{kernel.name}({', '.join(operands + [out])})")
+
+    def emit_call(self, node: Node) -> None:
+        """A library kernel (OpDef.kernel, "module:function") called as
+        fn(*operands, out, *int attrs): conv2d, pooling and their gradients."""
+        op = OPS[node.op]
+        module, function = op.kernel.split(":")
+        self.call_imports.add(f"from {module} import {function}")
+        if module not in self.call_digests:
+            # Numba's cache of the step does not notice a changed callee: name its source
+            self.call_digests[module] = _module_digest(module)
+            self.body.append(f"# {module} sha256 {self.call_digests[module]}")
+        operands = []
+        for i in data_inputs(node):
+            name = self.value(i)
+            operands.append(name if self.contiguous.get(i, True)
+                            else f"np.ascontiguousarray({name})")
+        out = self.bind_store(node.id)
+        extra: list[str] = []
+        for attr in op.kernel_attrs:
+            value = node.attrs[attr]
+            extra += [repr(int(v)) for v in (value if isinstance(value, tuple) else (value,))]
+        self.body.append(f"{function}({', '.join(operands + [out] + extra)})")
 
     def add_kernel(self, group: Group, source: str) -> Kernel:
         kernel = Kernel(group, f"k{len(self.kernels)}", source, nodes=list(group.nodes))
@@ -451,7 +480,8 @@ def loop_kernel_source(graph: Graph, group: Group, in_place: dict[int, int] | No
     full = f"[{_operand_index(space, space)}]"
     for nid in body_ids:
         node = graph.nodes[nid]
-        expr = _scalar_expr(node, [operand(i) for i in data_inputs(node)], graph)
+        expr = _scalar_expr(node, [operand(i) for i in data_inputs(node)], graph,
+                            _flat_index(rank))
         body.append(f"{local[nid]} = {expr}")
         if nid in store_names:
             body.append(f"{store_names[nid]}{full} = {local[nid]}")
@@ -478,6 +508,22 @@ def loop_kernel_source(graph: Graph, group: Group, in_place: dict[int, int] | No
               f"({', '.join(graph.nodes[n].op for n in group.nodes)})",
               f"# scalar library {_kernel_library_version()}"]
     return "\n".join(header) + "\n" + KERNEL_PRELUDE + "\n\n" + "\n".join(lines) + "\n", loads
+
+
+def _module_digest(module: str) -> str:
+    """sha256 (16 hex digits) of a kernel module's source file."""
+    import importlib
+
+    with open(importlib.import_module(module).__file__, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:16]
+
+
+def _flat_index(rank: int) -> str:
+    """The row-major flat index of the loop's element (i0, i1, ...) in the space (n0, ...)."""
+    flat = "i0" if rank else "0"
+    for a in range(1, rank):
+        flat = f"({flat} * n{a} + i{a})"
+    return flat
 
 
 def _nest(rank: int, axes, body: list[str], depth: int) -> list[str]:

@@ -29,6 +29,15 @@ from graphc.ops.elementwise import (
     where,
 )
 from graphc.ops.linalg import matmul
+from graphc.ops.conv import (
+    avg_pool2d,
+    conv2d,
+    conv2d_grad_input,
+    conv2d_grad_weight,
+    max_pool2d,
+)
+from graphc.ops.mode import mode_select
+from graphc.ops.random import keep_mask
 from graphc.ops.nnfuncs import (
     gelu,
     log_softmax,
@@ -64,4 +73,7 @@ __all__ = [
     "reshape_like", "rsqrt", "sigmoid", "sign", "softmax", "softmax_cross_entropy", "sqrt",
     "square", "squeeze", "stack", "stop_gradient", "sub", "sum", "swapaxes", "take", "tanh",
     "transpose", "where", "zeros_like",
+    # convolution, pooling, training/inference views, dropout masks
+    "avg_pool2d", "conv2d", "conv2d_grad_input", "conv2d_grad_weight", "keep_mask",
+    "max_pool2d", "mode_select",
 ]

@@ -19,7 +19,10 @@ from graphc.ir import Graph, Shape, Value, format_shape
 #   view         data movement only (reshape, transpose, broadcast, slice, concat, ...)
 #   index        gathers and scatters (take, take_grad, slice_grad)
 #   leaf         input, param, const
-KINDS = ("elementwise", "reduce", "matmul", "view", "index", "leaf", "shape")
+#   call         a hand-written library kernel (`kernel`, "module:function") the step calls
+#                as fn(*operands, out, *attrs named in `kernel_attrs`, tuples flattened)
+#   mode         mode_select: resolved to one operand at compile time (never code-generated)
+KINDS = ("elementwise", "reduce", "matmul", "view", "index", "leaf", "shape", "call", "mode")
 
 
 class InferError(Exception):
@@ -36,7 +39,10 @@ class OpDef:
                                                               no gradient for that input
     scalar: source template of the elementwise body: {0}, {1}... are operands, {T} the output
             dtype constructor (e.g. np.float32), {T0} the first operand's; `_exp`, `_log`,
-            `_tanh`, `_sqrt`, `_erf` name math functions the code generator binds per dtype.
+            `_tanh`, `_sqrt`, `_erf` name math functions the code generator binds per dtype;
+            {_flat} is the element's flat (row-major) index in the loop (counter-based RNGs).
+    kernel: "module:function" of the hand-written kernel a "call" op runs (kernels/cpu),
+            kernel_attrs the attrs passed after the output buffer.
     """
 
     name: str
@@ -46,6 +52,8 @@ class OpDef:
     vjp: Callable[..., Sequence[Value | None]] | None = None
     scalar: str | None = None
     arity: int | None = None
+    kernel: str | None = None
+    kernel_attrs: tuple[str, ...] = ()
 
 
 OPS: dict[str, OpDef] = {}
@@ -53,15 +61,19 @@ OPS: dict[str, OpDef] = {}
 
 def defop(name: str, kind: str, infer: Callable[..., tuple[Shape, str]], ref: Callable[..., Any],
           vjp: Callable[..., Sequence[Value | None]] | None = None, scalar: str | None = None,
-          arity: int | None = None) -> OpDef:
-    """Declare and register a primitive op."""
+          arity: int | None = None, kernel: str | None = None,
+          kernel_attrs: tuple[str, ...] = ()) -> OpDef:
+    """Declare and register a primitive op (`kernel`: the CPU library function of a "call"
+    op, as "module:function")."""
     if name in OPS:
         raise ValueError(f"op {name!r} is declared twice")
     if kind not in KINDS:
         raise ValueError(f"op {name!r}: unknown kind {kind!r}")
     if kind == "elementwise" and scalar is None:
         raise ValueError(f"elementwise op {name!r} needs a scalar template")
-    op = OpDef(name, kind, infer, ref, vjp, scalar, arity)
+    if kind == "call" and (kernel is None or ":" not in kernel):
+        raise ValueError(f"call op {name!r} needs a kernel named 'module:function'")
+    op = OpDef(name, kind, infer, ref, vjp, scalar, arity, kernel, tuple(kernel_attrs))
     OPS[name] = op
     return op
 

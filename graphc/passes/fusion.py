@@ -7,8 +7,12 @@ Group kinds:
   view    reshape / transpose / slice / expand_dims / squeeze: an array view, no kernel
   index   take, take_grad, slice_grad, concat: generated gather/scatter kernels
   shape   dim_size: computed from run-time shapes before the step runs
+  call    one op run by a hand-written library kernel (conv2d, pooling and their gradients:
+          OpDef.kernel), called with its operands and output buffer
 
-Invariants: every group is convex (no path leaves it and re-enters); groups are listed in
+Invariants: every group is convex (no path leaves it and re-enters) and the graph of
+groups is acyclic (no path leaves a group and re-enters it through other groups, each
+run as a unit); groups are listed in
 an order where each reads only leaves and groups before it; a group in the update phase
 (only updates depend on it) never feeds one in the output phase, so the step can compute
 the outputs, check them, and only then touch parameters.
@@ -77,16 +81,25 @@ def fuse(graph: Graph) -> list[Group]:
     group_of: dict[int, Group] = {}
     groups: list[Group] = []
 
-    def reaches(start: int, targets: set[int], limit: int) -> bool:
+    def reaches(start: Group, target: Group) -> bool:
+        """Whether `target` depends on `start` in the graph of groups. A group runs as a
+        unit, so anything reading one of its members waits for all of its inputs: a path
+        can enter a group at one member and leave it from another (node-level paths alone
+        miss cycles such as A -> B at one node pair and B -> A at another)."""
+        limit = max(target.nodes)
         stack, seen = [start], set()
         while stack:
-            nid = stack.pop()
-            if nid in targets:
+            grp = stack.pop()
+            if grp is target:
                 return True
-            if nid in seen or nid > limit:
+            if id(grp) in seen or min(grp.nodes) > limit:  # ids grow along every edge
                 continue
-            seen.add(nid)
-            stack.extend(users[nid])
+            seen.add(id(grp))
+            for member in grp.nodes:
+                for u in users[member]:
+                    other = group_of.get(u)
+                    if other is not None and other is not grp:
+                        stack.append(other)
         return False
 
     for node in reversed(graph.nodes):
@@ -170,9 +183,10 @@ def _host_group(graph: Graph, node: Node, users: dict[int, list[int]],
         if not is_loop_op(user_node) and user != group.root:
             continue
         members = set(group.nodes)
-        limit = max(members)
         outside = [u for u in users[node.id] if u not in members]
-        if any(reaches(u, members, limit) for u in outside):
+        # Joining adds edges group -> (groups of the outside users); refuse if one of those
+        # already leads back to the group (the group graph must stay acyclic).
+        if any(reaches(group_of[u], group) for u in outside if u in group_of):
             continue
         return group
     return None

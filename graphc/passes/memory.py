@@ -47,7 +47,9 @@ def plan_memory(graph: Graph, groups: list[Group]) -> MemoryPlan:
             root = storage_root(graph, i, alias)
             last_use[root] = max(last_use.get(root, -1), k)
     end = len(groups)
-    for nid in graph.outputs:
+    # Outputs are returned, and updates not written in place are copied into their
+    # parameter or state after the last group: both must survive to the end of the step.
+    for nid in list(graph.outputs) + [n for _, n in graph.updates]:
         last_use[storage_root(graph, nid, alias)] = end
 
     inplace: dict[int, str] = {}
@@ -59,7 +61,12 @@ def plan_memory(graph: Graph, groups: list[Group]) -> MemoryPlan:
             continue
         readers = [j for j, g in enumerate(groups)
                    if any(storage_root(graph, i, alias) == leaf for i in g.loads)]
-        if all(j <= k for j in readers) and groups[k].kind == "loop":
+        # The writing kernel itself may read the old value only element by element (the
+        # leaf itself, loaded at the index it writes); through a view (a transpose, a
+        # slice) it would read entries it has already overwritten.
+        own_views = any(i != leaf and storage_root(graph, i, alias) == leaf
+                        for i in groups[k].loads)
+        if all(j <= k for j in readers) and groups[k].kind == "loop" and not own_views:
             inplace[nid] = name
 
     slot: dict[int, int] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from graphc.ir import Graph, Node
+from graphc.ir import Graph, Node, Provenance
 
 
 class Rewriter:
@@ -28,6 +28,12 @@ class Rewriter:
         fields = dict(op=node.op, attrs=node.attrs, shape=node.shape, dtype=node.dtype,
                       role=node.role, where=node.where, name=node.name,
                       provenance=node.provenance)
+        if node.provenance is not None and "provenance" not in changes:
+            # Provenance names the forward node by id: renumber it like operands (None if
+            # that node is gone, e.g. dropped by dead-code elimination).
+            forward = self.mapping.get(node.provenance.forward)
+            fields["provenance"] = None if forward is None else Provenance(
+                forward, node.provenance.rule)
         fields.update(changes)
         new = Node(len(self.target.nodes),
                    inputs=tuple(self.mapping[i] for i in node.inputs) if inputs is None

@@ -54,5 +54,13 @@ def set_blas_threads(n: int) -> None:
 
 
 def threads_for(flops: float) -> int:
-    """Threads worth using for the largest matrix product of a step (2*m*k*n flops)."""
-    return 1 if flops < 8e6 else MAX_THREADS
+    """Threads worth using for the largest matrix product of a step (2*m*k*n flops).
+
+    `GRAPHC_BLAS_THREADS` overrides. Below ~32 MFLOP per product, waking a second thread
+    costs more than it saves; on a machine whose other core is busy, two threads made even
+    a 6 MFLOP product ~100x slower (15 ms instead of 0.1 ms), so only large ones use more.
+    """
+    forced = os.environ.get("GRAPHC_BLAS_THREADS")
+    if forced:
+        return max(1, int(forced))
+    return 1 if flops < 32e6 else MAX_THREADS

@@ -1,0 +1,264 @@
+"""The `graphc` command: a demo, graph listings of your own scripts, and the benchmarks.
+
+    graphc demo [--epochs N]                  train the digits MLP (examples/mlp_digits.py)
+    graphc show model.py[:VAR] [--backward] [--format text|dot|svg] [-o FILE]
+    graphc bench [ARGS...]                    run benchmarks/run.py of a source checkout
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+DESCRIPTION = "graphc: a JIT-compiled static-graph framework for training neural networks."
+EPILOG = """subcommands:
+  demo    train a two-hidden-layer MLP on the bundled 8x8 digits with a compiled training
+          step (the job of examples/mlp_digits.py; its options pass through, e.g.
+          `graphc demo --epochs 5 --show-backward`); ends with test_accuracy=0.xxxx
+  show    run a Python script and print the graph it builds: `graphc show model.py`
+          picks the variable `loss`, else the last graphc Value or Graph the script
+          defines at module level; `model.py:logits` picks another. --backward shows
+          the backward graph of gc.grad(VAR, graph.params); --format dot prints Graphviz
+          DOT, --format svg renders it with the `dot` binary (Graphviz)
+  bench   run the benchmarks (benchmarks/run.py of a source checkout; its options
+          pass through, e.g. `graphc bench --workloads digits --rounds 3`)
+
+`graphc SUBCOMMAND --help` describes each one."""
+
+
+def source_checkout_file(*parts: str) -> str | None:
+    """The path of a file of the source checkout graphc runs from, if there is one."""
+    path = os.path.join(_ROOT, *parts)
+    return path if os.path.isfile(path) else None
+
+
+def _run_script(path: str, argv: list[str], run_name: str = "__main__") -> dict[str, Any]:
+    """Run a Python file as a script with `sys.argv = [path, *argv]` and its directory on
+    sys.path; returns its module globals."""
+    saved_argv, saved_path = sys.argv[:], sys.path[:]
+    sys.argv = [path, *argv]
+    sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
+    try:
+        return runpy.run_path(path, run_name=run_name)
+    finally:
+        sys.argv, sys.path[:] = saved_argv, saved_path
+
+
+# -- demo ---------------------------------------------------------------------------------
+
+def _builtin_demo(argv: list[str]) -> int:
+    """The digits MLP job, for installs without the examples directory."""
+    import graphc as gc
+
+    parser = argparse.ArgumentParser(prog="graphc demo")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    args, _ = parser.parse_known_args(argv)
+    print("examples/mlp_digits.py is not part of this installation: running the same "
+          "training job built into graphc (the example's listing options do not apply)")
+    data = gc.data.load_digits(seed=args.seed)
+    g = gc.Graph("mlp_digits", seed=args.seed)
+    x = g.input("x", (None, 64))
+    y = g.input("y", (None,), dtype="int64")
+    h = gc.relu(gc.nn.linear(x, args.hidden, name="fc1", init="he"))
+    h = gc.relu(gc.nn.linear(h, args.hidden, name="fc2", init="he"))
+    logits = gc.nn.linear(h, 10, name="out")
+    loss = gc.mean(gc.softmax_cross_entropy(logits, y))
+    step = gc.compile(loss, optimizer=gc.optim.Adam(lr=args.lr))
+    predict = gc.compile([logits])
+    print(f"compiled in {step.compile_report.total:.2f} s: {step.compile_report.kernels} "
+          f"fused kernels, {len(step.backward)} backward/update nodes")
+    gc.fit(step, lambda epoch: gc.data.batches(data.x_train, data.y_train, args.batch_size,
+                                               seed=args.seed + epoch),
+           epochs=args.epochs, validation=(data.x_test, data.y_test),
+           metrics={"accuracy": gc.metrics.accuracy}, predict=predict)
+    (scores,) = predict(x=data.x_test)
+    print(f"test_accuracy={gc.metrics.accuracy(data.y_test, scores):.4f}")
+    return 0
+
+
+def cmd_demo(argv: list[str]) -> int:
+    """`graphc demo [OPTIONS]`: examples/mlp_digits.py (or its job built in)."""
+    example = source_checkout_file("examples", "mlp_digits.py")
+    if example is None:
+        return _builtin_demo(argv)
+    _run_script(example, argv)
+    return 0
+
+
+# -- show -----------------------------------------------------------------------------------
+
+class CommandError(Exception):
+    """A user-facing failure of a subcommand (printed without a traceback)."""
+
+
+def _split_target(target: str) -> tuple[str, str | None]:
+    path, sep, var = target.rpartition(":")
+    if sep and path and var.isidentifier() and not os.path.exists(target):
+        return path, var
+    return target, None
+
+
+def pick_variable(namespace: dict[str, Any], var: str | None) -> tuple[str, Any]:
+    """(name, object) of the Value or Graph to show from a script's globals."""
+    import graphc as gc
+
+    if var is not None:
+        if var not in namespace:
+            raise CommandError(f"the script defines no variable {var!r} at module level")
+        obj = namespace[var]
+        if not isinstance(obj, (gc.Value, gc.Graph)):
+            raise CommandError(f"{var!r} is a {type(obj).__name__}, not a graphc Value or "
+                               "Graph")
+        return var, obj
+    if isinstance(namespace.get("loss"), gc.Value):
+        return "loss", namespace["loss"]
+    found = [(k, v) for k, v in namespace.items()
+             if isinstance(v, (gc.Value, gc.Graph)) and not k.startswith("__")]
+    if not found:
+        raise CommandError("the script defines no graphc Value or Graph at module level "
+                           "(build the graph outside functions, or name one: FILE.py:VAR)")
+    return found[-1]
+
+
+def _render_svg(dot_text: str) -> str:
+    dot = shutil.which("dot")
+    if dot is None:
+        raise CommandError("--format svg needs the Graphviz `dot` binary, which is not on "
+                           "PATH: install Graphviz (apt install graphviz, brew install "
+                           "graphviz, conda install graphviz), or use --format dot and "
+                           "render the text elsewhere")
+    done = subprocess.run([dot, "-Tsvg"], input=dot_text, capture_output=True, text=True,
+                          check=False)
+    if done.returncode != 0:
+        raise CommandError(f"dot failed (exit {done.returncode}): {done.stderr.strip()}")
+    return done.stdout
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """`graphc show FILE.py[:VAR] [--backward] [--format ...] [-o FILE]`."""
+    import graphc as gc
+
+    path, var = _split_target(args.target)
+    if not os.path.isfile(path):
+        raise CommandError(f"no such file: {path}")
+    namespace = _run_script(path, list(args.script_args), run_name="__graphc_show__")
+    name, obj = pick_variable(namespace, var)
+    target: Any = obj
+    if args.backward:
+        if not isinstance(obj, gc.Value):
+            raise CommandError(f"--backward needs a scalar Value (a loss); {name!r} is a Graph")
+        if obj.shape != ():
+            raise CommandError(f"--backward needs a scalar Value (a loss); {name!r} has shape "
+                               f"{obj.shape}")
+        params = obj.graph.params
+        if not params:
+            raise CommandError(f"the graph of {name!r} has no parameters to differentiate")
+        # Built through code named after the command, so the listing's source column
+        # says where these gradient nodes come from.
+        scope = {"grad": gc.grad, "loss": obj, "params": params}
+        exec(compile("grads = grad(loss, params)", "<graphc show --backward>", "exec"), scope)
+        target = scope["grads"]
+    if args.format == "text":
+        text = gc.format_graph(target)
+    else:
+        text = gc.to_dot(target)
+        if args.format == "svg":
+            text = _render_svg(text)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text if text.endswith("\n") else text + "\n")
+        print(f"wrote {args.format} of {name}{' (backward)' if args.backward else ''} "
+              f"to {args.output}")
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
+
+
+# -- bench ----------------------------------------------------------------------------------
+
+def cmd_bench(argv: list[str]) -> int:
+    """`graphc bench [ARGS...]`: benchmarks/run.py of the source checkout, in a subprocess."""
+    script = source_checkout_file("benchmarks", "run.py")
+    if script is None:
+        print("graphc bench: the benchmarks ship with graphc's source, not with the installed "
+              "package. Clone the repository and run `python benchmarks/run.py` (or `graphc "
+              "bench` from an editable install, `pip install -e .`); `pip install "
+              "\".[bench]\"` adds PyTorch and JAX to compare against.", file=sys.stderr)
+        return 2
+    return subprocess.call([sys.executable, script, *argv], cwd=_ROOT)
+
+
+# -- entry point ----------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `graphc` command."""
+    parser = argparse.ArgumentParser(prog="graphc", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"graphc {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="{demo,show,bench}")
+    sub.add_parser("demo", help="train an MLP on the bundled digits (examples/mlp_digits.py)",
+                   description="Train a two-hidden-layer MLP on the bundled 8x8 digits with a "
+                   "compiled training step and gc.fit. Options (--epochs, --batch-size, "
+                   "--hidden, --lr, --seed, --show-backward, --save) pass through to "
+                   "examples/mlp_digits.py.", add_help=False)
+    show = sub.add_parser(
+        "show", help="print the graph (or backward graph) a script builds",
+        description="Run a Python script (as module __graphc_show__, so code under `if "
+        "__name__ == '__main__':` does not run) and print a graph it builds: VAR if given "
+        "as FILE.py:VAR, else the variable `loss`, else the last graphc Value or Graph "
+        "defined at module level.")
+    show.add_argument("target", metavar="FILE.py[:VAR]")
+    show.add_argument("--backward", action="store_true",
+                      help="show the backward graph: gc.grad(VAR, graph.params)")
+    show.add_argument("--format", choices=("text", "dot", "svg"), default="text",
+                      help="text listing (default), Graphviz DOT, or SVG (needs `dot`)")
+    show.add_argument("-o", "--output", metavar="FILE", help="write to FILE, not stdout")
+    show.add_argument("script_args", nargs="*", metavar="ARG",
+                      help="arguments for the script (after --)")
+    sub.add_parser("bench", help="run the benchmarks (benchmarks/run.py, source checkout)",
+                   description="Run benchmarks/run.py of graphc's source checkout; every "
+                   "option passes through (see `graphc bench --help`).", add_help=False)
+    return parser
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("graphc")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `graphc` command with `argv` (default: sys.argv[1:]); returns the exit code."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if args_list and args_list[0] in ("demo", "bench"):
+        rest = args_list[1:]
+        return cmd_demo(rest) if args_list[0] == "demo" else cmd_bench(rest)
+    args = parser.parse_args(args_list)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return cmd_show(args)
+    except CommandError as err:
+        print(f"graphc show: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

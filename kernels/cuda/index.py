@@ -1,0 +1,109 @@
+"""Gathers, scatters and copies for the CUDA target, as source templates per rank.
+
+Every array is a flat 1-D buffer read through an offset and per-axis strides (in
+elements), so views (slices, transposes, broadcasts) are read in place. All kernels are
+grid-stride loops over their output, one thread per output element, and deterministic:
+
+- take: out[p, j, q] = x[p, idx[j], q]; an index outside [-n, n) sets err[0] = 1 (the
+  runtime raises IndexError) and writes 0.
+- take_grad (scatter-add): out[p, r, q] = sum over j in order of g[p, j, q] where idx[j]
+  == r. Each output element is owned by one thread that walks the indices in order: no
+  atomics, the same summation order as the CPU kernel, so the result does not depend on
+  the launch configuration.
+- copy: dst (strided) = src (strided), for materialised reshapes, concat, slice_grad and
+  parameter updates that could not be written in place.
+- fill_zero: dst[:n] = 0.
+"""
+
+from __future__ import annotations
+
+from kernels.cuda.common import CTOR, DECORATOR, Param, product, strided, unravel
+
+_LOOP = "    for t in range(cuda.grid(1), total, cuda.gridsize(1)):"
+
+
+def _def(params: list[Param]) -> list[str]:
+    return [DECORATOR, f"def kernel({', '.join(name for _, name in params)}):"]
+
+
+def take_source(x_rank: int, axis: int, idx_rank: int, x_dtype: str,
+                idx_dtype: str) -> tuple[str, list[Param]]:
+    """Gather along `axis` of an `x_rank`-D x with an `idx_rank`-D index array."""
+    post = x_rank - axis - 1
+    pre = [f"p{a}" for a in range(axis)]
+    inner = [f"j{a}" for a in range(idx_rank)]
+    rest = [f"q{a}" for a in range(post)]
+    out_names = pre + inner + rest
+    sizes = [f"d{k}" for k in range(len(out_names))]
+    xs = [f"xs{a}" for a in range(x_rank)]
+    iss = [f"is{a}" for a in range(idx_rank)]
+    params: list[Param] = [("int", s) for s in sizes] + [("int", "n")]
+    params += [(x_dtype, "x"), ("int", "xo")] + [("int", s) for s in xs]
+    params += [(idx_dtype, "idx"), ("int", "io")] + [("int", s) for s in iss]
+    params += [(x_dtype, "out"), ("int32", "err")]
+    lines = _def(params) + [f"    total = {product(sizes)}", _LOOP]
+    lines += unravel("t", out_names, sizes, " " * 8)
+    lines += [f"        v = np.int64(idx[{strided('io', inner, iss)}])",
+              "        if v < 0:",
+              "            v += n",
+              "        if v < 0 or v >= n:",
+              "            err[0] = 1",
+              "            out[t] = 0",
+              "        else:",
+              f"            out[t] = x[{strided('xo', pre + ['v'] + rest, xs)}]"]
+    return "\n".join(lines) + "\n", params
+
+
+def take_grad_source(ref_rank: int, axis: int, idx_rank: int, dtype: str,
+                     idx_dtype: str) -> tuple[str, list[Param]]:
+    """Scatter-add of g (rank axis + idx_rank + post) into a dense `ref_rank`-D output."""
+    post = ref_rank - axis - 1
+    pre = [f"p{a}" for a in range(axis)]
+    inner = [f"j{a}" for a in range(idx_rank)]
+    rest = [f"q{a}" for a in range(post)]
+    out_names = pre + ["row"] + rest
+    sizes = [f"d{k}" for k in range(ref_rank)]
+    isizes = [f"e{k}" for k in range(idx_rank)]
+    gs = [f"gs{a}" for a in range(axis + idx_rank + post)]
+    iss = [f"is{a}" for a in range(idx_rank)]
+    params: list[Param] = [("int", s) for s in sizes + isizes]
+    params += [(dtype, "g"), ("int", "go")] + [("int", s) for s in gs]
+    params += [(idx_dtype, "idx"), ("int", "io")] + [("int", s) for s in iss]
+    params += [(dtype, "out"), ("int32", "err")]
+    lines = _def(params) + [f"    total = {product(sizes)}", f"    n = d{axis}",
+                            f"    nidx = {product(isizes)}", _LOOP]
+    lines += unravel("t", out_names, sizes, " " * 8)
+    lines += [f"        acc = {CTOR[dtype]}(0)",
+              "        for u in range(nidx):"]
+    lines += unravel("u", inner, isizes, " " * 12)
+    lines += [f"            v = np.int64(idx[{strided('io', inner, iss)}])",
+              "            if v < 0:",
+              "                v += n",
+              "            if v < 0 or v >= n:",
+              "                err[0] = 1",
+              "            elif v == row:",
+              f"                acc += g[{strided('go', pre + inner + rest, gs)}]",
+              "        out[t] = acc"]
+    return "\n".join(lines) + "\n", params
+
+
+def copy_source(rank: int, dtype: str) -> tuple[str, list[Param]]:
+    """dst[i...] = src[i...] over an n0 x ... x n{rank-1} box, both strided."""
+    names = [f"i{a}" for a in range(rank)]
+    sizes = [f"n{a}" for a in range(rank)]
+    ss = [f"ss{a}" for a in range(rank)]
+    ds = [f"ds{a}" for a in range(rank)]
+    params: list[Param] = [("int", s) for s in sizes]
+    params += [(dtype, "src"), ("int", "so")] + [("int", s) for s in ss]
+    params += [(dtype, "dst"), ("int", "do")] + [("int", s) for s in ds]
+    lines = _def(params) + [f"    total = {product(sizes)}", _LOOP]
+    lines += unravel("t", names, sizes, " " * 8)
+    lines.append(f"        dst[{strided('do', names, ds)}] = src[{strided('so', names, ss)}]")
+    return "\n".join(lines) + "\n", params
+
+
+def fill_zero_source(dtype: str) -> tuple[str, list[Param]]:
+    """dst[:n] = 0."""
+    params: list[Param] = [("int", "total"), (dtype, "dst")]
+    lines = _def(params) + [_LOOP, "        dst[t] = 0"]
+    return "\n".join(lines) + "\n", params
