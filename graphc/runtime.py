@@ -243,18 +243,22 @@ class CompiledFunction:
         return results[0] if self._single else tuple(results)
 
     def _non_finite(self, arrays: dict[str, np.ndarray], outs: tuple) -> Any:
-        where = "an output"
+        where = "not found by the reference interpreter"
         feeds = dict(arrays)
         feeds.update({k: v.reshape(()) for k, v in self._hyper.items()})
+        roots = list(self.program.outputs) + [nid for _, nid in self.program.updates]
         try:
-            run_nodes(self.program, list(self.program.outputs), feeds, check_finite=True)
+            run_nodes(self.program, roots, feeds, check_finite=True)
         except NonFiniteError as err:
             where = str(err)
         if self.skip_nonfinite:
             return self._results(outs)
-        raise NonFiniteError(f"step {self.state['step'] + 1}: the loss is not finite; "
-                             f"parameters and optimizer state were left unchanged. First "
-                             f"non-finite value: {where}")
+        loss_finite = all(np.all(np.isfinite(o)) for o in outs if o.dtype.kind == "f")
+        what = "a gradient is not finite (the loss is)" if loss_finite else \
+            "the loss is not finite"
+        raise NonFiniteError(f"step {self.state['step'] + 1}: {what}; parameters and "
+                             f"optimizer state were left unchanged. First non-finite value: "
+                             f"{where}")
 
     def _prepare(self, arrays: dict[str, np.ndarray]) -> _Signature:
         feeds = dict(arrays)

@@ -189,11 +189,14 @@ class StepWriter:
 
     # -- whole step -------------------------------------------------------------------
     def write(self) -> str:
-        phase_switch = next((k for k, g in enumerate(self.groups) if g.phase == 2),
+        phase_switch = next((k for k, g in enumerate(self.groups) if g.phase >= 2),
                             len(self.groups))
+        update_switch = next((k for k, g in enumerate(self.groups) if g.phase == 3), None)
         for k, group in enumerate(self.groups):
             if k == phase_switch:
                 self.emit_check()
+            if k == update_switch:
+                self.emit_gradient_check()
             self.emit_group(group)
         if phase_switch == len(self.groups):
             self.emit_check()
@@ -211,8 +214,12 @@ class StepWriter:
         params = ", ".join([f"a{i}" for i in range(len(self.args))] + ["sizes", "check"])
         imports = sorted({f"from {k.module} import kernel as {k.name}" for k in self.kernels}
                          | self.call_imports)
-        lines = ["import numpy as np", "from numba import njit", "",
-                 "from kernels.cpu.linalg import batched_matmul", *imports, "", "",
+        # library modules the step calls (Numba's cache of the step does not track them)
+        versions = [f"# {m} sha256 {_module_digest(m)}"
+                    for m in ("kernels.cpu.linalg", "kernels.cpu.checks")]
+        lines = ["import numpy as np", "from numba import njit", "", *versions,
+                 "from kernels.cpu.linalg import batched_matmul",
+                 "from kernels.cpu.checks import all_finite", *imports, "", "",
                  "@njit(cache=True, nogil=True)", f"def step({params}):"]
         lines += ["    " + line for line in self.body]
         return "\n".join(lines) + "\n"
@@ -250,6 +257,28 @@ class StepWriter:
         cond = " or ".join(f"not np.isfinite({self.value(n)}[0])" for n in floats)
         outs = "".join(f"{self.value(n)}, " for n in self.graph.outputs)
         self.body.append(f"if check and ({cond}):")
+        self.body.append(f"    return False, ({outs})")
+
+    def emit_gradient_check(self) -> None:
+        """Before the first parameter is written: every computed value the update groups
+        read (the gradients) must be finite, or the step returns without updating."""
+        checked: list[str] = []
+        for group in self.groups:
+            if group.phase != 3:
+                continue
+            for nid in group.loads:
+                node = self.graph.nodes[nid]
+                if node.op in ("input", "param", "state", "const") or node.dtype not in (
+                        "float32", "float64"):
+                    continue
+                name = self.value(nid)
+                if name not in checked:
+                    checked.append(name)
+        if not checked:
+            return
+        outs = "".join(f"{self.value(n)}, " for n in self.graph.outputs)
+        cond = " and ".join(f"all_finite({name})" for name in checked)
+        self.body.append(f"if check and not ({cond}):")
         self.body.append(f"    return False, ({outs})")
 
     def bind_store(self, nid: int) -> str:

@@ -13,9 +13,10 @@ Group kinds:
 Invariants: every group is convex (no path leaves it and re-enters) and the graph of
 groups is acyclic (no path leaves a group and re-enters it through other groups, each
 run as a unit); groups are listed in
-an order where each reads only leaves and groups before it; a group in the update phase
-(only updates depend on it) never feeds one in the output phase, so the step can compute
-the outputs, check them, and only then touch parameters.
+an order where each reads only leaves and groups before it. Phases: 1 computes the outputs,
+2 what only updates need (the gradients), 3 the groups that write updates; no group feeds
+one of an earlier phase, so the step computes the outputs and gradients, checks them, and
+only then touches parameters.
 """
 
 from __future__ import annotations
@@ -120,8 +121,11 @@ def fuse(graph: Graph) -> list[Group]:
         group_of[node.id] = group
         groups.append(group)
 
+    updates = _update_ids(graph)
     for g in groups:
         g.nodes.sort()
+        if g.phase == 2 and any(n in updates for n in g.nodes):
+            g.phase = 3
     groups = _schedule(graph, groups, group_of)
     roots = set(graph.outputs) | {nid for _, nid in graph.updates}
     for g in groups:
@@ -169,6 +173,10 @@ def _schedule(graph: Graph, groups: list[Group], group_of: dict[int, Group]) -> 
     return order
 
 
+def _update_ids(graph: Graph) -> set[int]:
+    return {nid for _, nid in graph.updates}
+
+
 def _host_group(graph: Graph, node: Node, users: dict[int, list[int]],
                 group_of: dict[int, Group], phase: dict[int, int], reaches) -> Group | None:
     """The consumer group `node` can be fused into (computed there, stored if needed)."""
@@ -184,6 +192,10 @@ def _host_group(graph: Graph, node: Node, users: dict[int, list[int]],
             continue
         members = set(group.nodes)
         outside = [u for u in users[node.id] if u not in members]
+        if outside and any(n in _update_ids(graph) for n in members):
+            # an update group only stores updates, so every other group can run before
+            # any parameter is written (and the step can check the gradients first)
+            continue
         # Joining adds edges group -> (groups of the outside users); refuse if one of those
         # already leads back to the group (the group graph must stay acyclic).
         if any(reaches(group_of[u], group) for u in outside if u in group_of):
