@@ -436,6 +436,29 @@ def test_predict_sees_trained_params_and_fetch_returns_accuracy() -> None:
     assert len(predict._fn.signatures) == 1
 
 
+def test_step_introspection(graphc_cache_dir: str) -> None:
+    """The printable backward graph, the kernels and the compile report of a step."""
+    _, _, loss, accuracy = classifier()
+    step = compile_step(loss, gc.optim.Adam(lr=0.05), fetch=[accuracy])
+    listing = str(step.backward)
+    assert listing == gc.format_graph(step.backward)
+    assert len(step.backward) > 10 and "backward:" in listing
+    assert "softmax_cross_entropy rule" in listing and "matmul vjp" in listing
+    assert os.path.basename(__file__) in listing  # user lines, not graphc internals
+    assert step.kernels
+    for kernel in step.kernels:
+        assert kernel.nodes and all(0 <= n < len(step.program.nodes) for n in kernel.nodes)
+        assert os.path.dirname(kernel.path) == graphc_cache_dir
+        with open(kernel.path) as f:
+            assert kernel.source in f.read()  # the file is the source plus a hash line
+        assert "def kernel(" in kernel.source
+        assert kernel.lines and all(":" in line for line in kernel.lines)
+    report = step.compile_report
+    text = str(report)
+    assert "kernel files" in text and report.total > 0 and report.phases
+    assert report.kernels == len(step.kernels) >= report.unique_kernels > 0
+
+
 # -- (f) feed validation ---------------------------------------------------------------------
 
 @pytest.mark.parametrize(("feeds", "name", "words"), [

@@ -161,7 +161,10 @@ def _writers(monkeypatch: pytest.MonkeyPatch) -> list[cudagen.CudaStepWriter]:
             for t in terms[1:]:
                 loss = loss + t
             gc.compile(outputs + gc.grad(loss, wrt), target="cuda")
+    from tests.cuda_sim.test_sim_ops import conv_program
     from tests.cuda_sim.test_sim_training import sgd, small_layer_model
+
+    gc.compile(conv_program("float32")[1], target="cuda")
 
     # dropout's uint64 hash, state updates, SGD with momentum and clip_norm
     gc.compile(small_layer_model("float32"), optimizer=sgd(), target="cuda")

@@ -99,13 +99,42 @@ def test_cuda_gradients_match_interpreter(group: str, dtype: str) -> None:
             assert problem is None, problem
 
 
+def conv_program(dtype: str) -> tuple[gc.Value, list[gc.Value]]:
+    """Convolution (stride, padding) and both poolings, with first and second order
+    gradients: every conv / pooling kernel and gradient kernel."""
+    g = gc.Graph(f"cuda_conv_{dtype}", seed=0, dtype=dtype)
+    x = g.input("x", (None, 2, 7, 6))
+    c1 = gc.nn.conv2d(x, 3, 3, stride=(2, 1), padding=(1, 2), name="c1")
+    pooled = gc.nn.max_pool2d(gc.relu(c1), 2, stride=1)
+    mean = gc.nn.avg_pool2d(c1, (2, 3), stride=(1, 2))
+    loss = gc.sum(pooled * pooled) + gc.sum(mean) * 0.5
+    grads = gc.grad(loss, [x, *g.params])
+    second = gc.grad(gc.sum(grads[0] * grads[0]), g.params)  # grad-of-grad kernels
+    return x, [c1, pooled, mean, *grads, *second]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_convolution_and_pooling_match_the_interpreter(dtype: str) -> None:
+    _, outputs = conv_program(dtype)
+    f = gc.compile(outputs, target="cuda")
+    rng = np.random.default_rng(5)
+    for n in (2, 1):
+        feeds = {"x": rng.standard_normal((n, 2, 7, 6)).astype(dtype)}
+        for k, (got, want) in enumerate(zip(f(**feeds), gc.evaluate(outputs, feeds))):
+            problem = _mismatch(got, want, dtype, f"output {k} (batch {n})")
+            assert problem is None, problem
+    launched = {line.split()[0] for plan in f._plans.values() for line in plan.launched}
+    calls = {name for name, op in OPS.items() if op.kind == "call"}
+    assert calls <= launched, sorted(calls - launched)
+
+
 def test_every_library_op_runs_on_cuda() -> None:
-    """Every primitive but the hand-written CPU library calls (conv, pooling: no CUDA
-    kernel yet, a clear error instead) and the compile-time mode switch runs in the table
-    (dropout_keep runs in test_sim_training.py's layer test)."""
+    """Every primitive but the compile-time mode switch runs in the table, the convolution
+    program above or (dropout_keep) test_sim_training.py's layer test."""
     used = {n.op for dtype in DTYPES for group in GROUPS
             for n in _group_run(group, dtype).graph.nodes}
-    skipped = {name for name, op in OPS.items() if op.kind in ("call", "mode")}
+    used |= {n.op for n in conv_program("float32")[0].graph.nodes}
+    skipped = {name for name, op in OPS.items() if op.kind == "mode"}
     missing = sorted(set(OPS) - used - skipped - {"dropout_keep"})
     assert not missing, f"ops never run on the CUDA target: {missing}"
 
