@@ -80,5 +80,8 @@ def evaluate(outputs: Any, feeds: Mapping[str, Any] | None = None, *,
     if has_modes(graph, ids):
         graph, ids = resolve_mode_with_mapping(graph, ids, training)
     computed = run_nodes(graph, ids, feeds or {}, check_finite=check_finite)
-    results = [computed[i] for i in ids]
+    # leaves are the graph's own storage: hand out copies, not arrays training will change
+    leaves = ("param", "state", "const", "input")
+    results = [computed[i].copy() if graph.nodes[i].op in leaves else computed[i]
+               for i in ids]
     return results[0] if single else results
