@@ -7,18 +7,20 @@ kernels and instructions come from graphc/codegen/cuda.py; here they become laun
 once per combination of feed shapes: buffers for the memory plan's pool slots, the
 (offset, strides) of every view, grid sizes.
 
-Parameters and optimizer state are shared by all CUDA functions of a graph through one
-DeviceStore (so `predict = gc.compile([logits], target="cuda")` sees what the training
-step learnt, without a round trip). The host arrays of the graph (`graph.param_values`,
-what CPU functions and `gc.evaluate` use) are synced on demand:
+Parameters and the graph's state (batch-norm statistics, dropout counters) are shared by
+all CUDA functions of a graph through one DeviceStore (so `predict = gc.compile([logits],
+target="cuda")` sees what the training step learnt, without a round trip); optimizer
+moments belong to their step, as on the CPU. The host arrays (`graph.param_values`, the
+program's `state_values`: what CPU functions, checkpoints and `gc.evaluate` use) are synced
+on demand:
 
 - `step.params` / `step.optimizer_state()` / `step.save()` copy the device values to the
   host arrays first (`sync_to_host()`) and return those host arrays: writing into them
   changes nothing on the device until `step.sync_to_device()`;
 - `step.load()` copies the checkpoint into the host arrays, then to the device;
-- a host array that was replaced by another array object (a new compile's fresh
-  optimizer state, an assignment into `graph.param_values`) is uploaded before the next
-  call; one changed in place needs `step.sync_to_device()`.
+- a host array that was replaced by another array object (an assignment into
+  `graph.param_values`) is uploaded before the next call; one changed in place needs
+  `step.sync_to_device()`.
 """
 
 from __future__ import annotations
@@ -196,14 +198,22 @@ class CudaCompiledFunction(CompiledFunction):
         self._functions = functions
         self._plans: dict[tuple, _Plan] = {}
         self._consts: dict[int, Any] = {}
-        self._store = device_store(user_graph)
-        self._keys: list[tuple[str, str]] = []
+        # Parameters and the graph's own state (batch-norm statistics) live in the graph's
+        # DeviceStore, shared by its CUDA functions; state this program added (optimizer
+        # moments, in program.state_values only) in a store of this function.
+        shared = device_store(user_graph)
+        own = DeviceStore({}, program.state_values)
+        self._stores: dict[tuple[str, str], DeviceStore] = {}
         for node in program.nodes:
-            if node.op in ("param", "state") and (node.op, node.name) not in self._keys:
-                self._keys.append((node.op, node.name))
-        for key in self._keys:  # the device copy is kept only where it is newer
-            if key not in self._store.device or key not in self._store.dirty:
-                self._store.upload(key)
+            key = (node.op, node.name)
+            if node.op == "param" or (node.op == "state" and user_graph.state_values.get(
+                    node.name) is program.state_values.get(node.name)):
+                self._stores[key] = shared
+            elif node.op == "state":
+                self._stores[key] = own
+        for key, store in self._stores.items():  # keep a device copy only where it is newer
+            if key not in store.device or key not in store.dirty:
+                store.upload(key)
         self._hyper_names: dict[str, list[str]] = {}
         for name, arr in self._hyper.items():
             self._hyper_names.setdefault(arr.dtype.name, []).append(name)
@@ -218,11 +228,19 @@ class CudaCompiledFunction(CompiledFunction):
     # -- host <-> device -------------------------------------------------------------------
     def sync_to_host(self) -> None:
         """Copy the device's parameters and state into the graph's host arrays."""
-        self._store.to_host()
+        for store in self._distinct_stores():
+            store.to_host()
 
     def sync_to_device(self) -> None:
         """Copy the graph's host arrays (parameters, state) to the device."""
-        self._store.to_device()
+        for store in self._distinct_stores():
+            store.to_device()
+
+    def _distinct_stores(self) -> list[DeviceStore]:
+        return list({id(s): s for s in self._stores.values()}.values())
+
+    def _buffer(self, kind: str, name: str) -> Any:
+        return self._stores[(kind, name)].buffer((kind, name))
 
     @property
     def params(self) -> dict[str, np.ndarray]:
@@ -263,7 +281,8 @@ class CudaCompiledFunction(CompiledFunction):
         if plan is None:
             plan = self._prepare(arrays)
             self._plans[key] = plan
-        self._store.refresh(self._keys)
+        for key, store in self._stores.items():
+            store.refresh([key])
         for name, buf in plan.feeds.items():
             a = arrays[name]
             if a.size:
@@ -284,7 +303,8 @@ class CudaCompiledFunction(CompiledFunction):
                         and not np.isfinite(arr[0]):
                     return self._non_finite(arrays, outs)
         if plan.phase2:
-            self._store.dirty.update(self._updated)  # from here the device is ahead
+            for key in self._updated:  # from here the device is ahead of the host
+                self._stores[key].dirty.add(key)
             for launch, args in plan.phase2:
                 launch(*args)
             self._check_indices()
@@ -350,7 +370,7 @@ class CudaCompiledFunction(CompiledFunction):
                 else:
                     out = dense(feed_bufs[node.name], nid)
             elif node.op in ("param", "state"):
-                out = dense(self._store.buffer((node.op, node.name)), nid)
+                out = dense(self._buffer(node.op, node.name), nid)
             elif node.op == "const":
                 if nid not in self._consts:
                     value = node.attrs["value"]
@@ -366,7 +386,7 @@ class CudaCompiledFunction(CompiledFunction):
             if nid in memory.inplace:
                 name = memory.inplace[nid]
                 kind = "param" if name in program.param_values else "state"
-                out = dense(self._store.buffer((kind, name)), nid)
+                out = dense(self._buffer(kind, name), nid)
             else:
                 out = dense(pool[memory.slot[nid]], nid)
             layouts[nid] = out
@@ -428,7 +448,7 @@ class CudaCompiledFunction(CompiledFunction):
                 self._prepare_call(instr, layout, store, launch)
             elif isinstance(instr, Assign):
                 value = layout(instr.node)
-                target = dense(self._store.buffer((instr.kind, instr.name)), instr.node)
+                target = dense(self._buffer(instr.kind, instr.name), instr.node)
                 copy(instr.kernel, value.shape, value, target, "assign")
             else:
                 raise GraphError(f"internal: unknown CUDA instruction {instr!r}")
