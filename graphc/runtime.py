@@ -208,13 +208,18 @@ class CompiledFunction:
         return retarget(self, target)
 
     # -- calling -------------------------------------------------------------------------
-    def __call__(self, **feeds: Any) -> Any:
+    def _begin_call(self, feeds: dict[str, Any]) -> tuple[dict[str, np.ndarray], int, tuple]:
+        """Validate the feeds and set this step's hyperparameters: (feed arrays, the step
+        number this call will be, the feed-shape key of its buffers)."""
         arrays = check_feeds(self._inputs, feeds, all_inputs=self._user_inputs)
         step_number = self.state["step"] + 1
         if self.optimizer is not None:
             for name, value in self.optimizer.hypers(step_number).items():
                 self._hyper[f"@{name}"][0] = value
-        key = tuple(arrays[n.name].shape for n in self._inputs)
+        return arrays, step_number, tuple(arrays[n.name].shape for n in self._inputs)
+
+    def __call__(self, **feeds: Any) -> Any:
+        arrays, step_number, key = self._begin_call(feeds)
         sig = self._signatures.get(key)
         if sig is None:
             sig = self._prepare(arrays)

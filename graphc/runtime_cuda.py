@@ -51,7 +51,6 @@ from graphc.codegen.cuda import (
     simulator_enabled,
 )
 from graphc.errors import GraphError
-from graphc.feeds import check_feeds
 from graphc.ir import Graph, Value, as_values
 from graphc.passes.fusion import Group, data_inputs
 from graphc.passes.memory import MemoryPlan
@@ -271,12 +270,7 @@ class CudaCompiledFunction(CompiledFunction):
 
     # -- calling ---------------------------------------------------------------------------
     def __call__(self, **feeds: Any) -> Any:
-        arrays = check_feeds(self._inputs, feeds, all_inputs=self._user_inputs)
-        step_number = self.state["step"] + 1
-        if self.optimizer is not None:
-            for name, value in self.optimizer.hypers(step_number).items():
-                self._hyper[f"@{name}"][0] = value
-        key = tuple(arrays[n.name].shape for n in self._inputs)
+        arrays, step_number, key = self._begin_call(feeds)
         plan = self._plans.get(key)
         if plan is None:
             plan = self._prepare(arrays)

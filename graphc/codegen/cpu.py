@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from graphc.codegen.cache import CacheStats, write_module
-from graphc.errors import short_location
 from graphc.ir import Graph, Node, format_shape
 from graphc.ops import OPS
-from graphc.passes.fusion import BROADCASTS, Group, data_inputs
+from graphc.passes.fusion import BROADCASTS, Group, data_inputs, describe_group
 from graphc.passes.memory import MemoryPlan
 
 FASTMATH = "{'reassoc', 'nsz', 'contract'}"
@@ -294,10 +293,7 @@ class StepWriter:
 
     def emit_group(self, group: Group) -> None:
         node = self.graph.nodes[group.root]
-        nodes = ", ".join(self.graph.nodes[n].label + ":" + self.graph.nodes[n].op
-                          for n in group.nodes)
-        lines = sorted({short_location(self.graph.nodes[n].where) for n in group.nodes})
-        self.body.append(f"# {group.kind} [{nodes}] from {', '.join(lines)}")
+        self.body.append(f"# {describe_group(self.graph, group)}")
         if group.kind == "loop":
             self.emit_loop(group)
         elif group.kind == "matmul":

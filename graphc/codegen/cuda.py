@@ -35,10 +35,10 @@ import numpy as np
 
 from graphc.codegen.cache import CacheStats, write_module
 from graphc.codegen.cpu import Kernel, _scalar_expr, literal
-from graphc.errors import GraphError, short_location
+from graphc.errors import GraphError
 from graphc.ir import Graph, Node
 from graphc.ops import OPS
-from graphc.passes.fusion import Group, data_inputs
+from graphc.passes.fusion import Group, data_inputs, describe_group
 from graphc.passes.memory import MemoryPlan
 from kernels.cuda import conv as conv_kernels
 from kernels.cuda.common import (
@@ -364,10 +364,7 @@ class CudaStepWriter:
     # -- groups -------------------------------------------------------------------------
     def emit_group(self, group: Group) -> None:
         node = self.graph.nodes[group.root]
-        nodes = ", ".join(self.graph.nodes[n].label + ":" + self.graph.nodes[n].op
-                          for n in group.nodes)
-        where = sorted({short_location(self.graph.nodes[n].where) for n in group.nodes})
-        self.listing.append(f"# {group.kind} [{nodes}] from {', '.join(where)}")
+        self.listing.append(f"# {describe_group(self.graph, group)}")
         if group.kind == "loop":
             self.emit_loop(group)
         elif group.kind == "matmul":

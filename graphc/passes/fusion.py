@@ -202,3 +202,12 @@ def _host_group(graph: Graph, node: Node, users: dict[int, list[int]],
             continue
         return group
     return None
+
+
+def describe_group(graph: Graph, group: Group) -> str:
+    """`kind [node:op, ...] from file:line, ...`: one line saying what a group computes."""
+    from graphc.errors import short_location
+
+    nodes = ", ".join(f"{graph.nodes[n].label}:{graph.nodes[n].op}" for n in group.nodes)
+    where = sorted({short_location(graph.nodes[n].where) for n in group.nodes})
+    return f"{group.kind} [{nodes}] from {', '.join(where)}"
