@@ -619,40 +619,30 @@ def _reduction(graph: Graph, root: Node, space: tuple, body: list[str], value: s
 
 
 def index_kernel_source(node: Node, graph: Graph) -> str:
-    """Gather (take) and scatter-add (take_grad) kernels for one rank combination."""
+    """Gather (take) and scatter-add (take_grad) kernels for one rank combination.
+
+    Both loop over the gathered shape `x.shape[:axis] + idx.shape + x.shape[axis + 1:]`
+    (take's output, take_grad's incoming gradient) and differ only in the last line.
+    """
     axis = node.attrs["axis"]
+    idx = graph.nodes[node.inputs[1]]
+    table = graph.nodes[node.inputs[0] if node.op == "take" else node.inputs[2]]
+    outer = [f"p{a}" for a in range(axis)]
+    inner = [f"j{a}" for a in range(len(idx.shape))]
+    rest = [f"q{a}" for a in range(len(table.shape) - axis - 1)]
+    gathered = ", ".join(outer + inner + rest) or "0"
+    scattered = ", ".join(outer + ["t"] + rest)
     if node.op == "take":
-        x, idx = (graph.nodes[i] for i in node.inputs)
-        pre, irank = axis, len(idx.shape)
-        post = len(x.shape) - axis - 1
-        outer = [f"p{a}" for a in range(pre)]
-        inner = [f"j{a}" for a in range(irank)]
-        rest = [f"q{a}" for a in range(post)]
-        loops = ([(v, f"out.shape[{k}]") for k, v in enumerate(outer)]
-                 + [(v, f"out.shape[{pre + k}]") for k, v in enumerate(inner)]
-                 + [(v, f"out.shape[{pre + irank + k}]") for k, v in enumerate(rest)])
-        idx_at = ", ".join(inner) if inner else "0"
-        body = [f"t = idx[{idx_at}]", "if t < 0:", "    t += n", "if t < 0 or t >= n:",
-                "    raise IndexError('take: index out of range')",
-                f"out[{', '.join(outer + inner + rest) or '0'}] = "
-                f"x[{', '.join(outer + ['t'] + rest)}]"]
-        params, pre_lines = "x, idx, out", [f"n = x.shape[{axis}]"]
+        params, driver = "x, idx, out", "out"
+        pre_lines = [f"n = x.shape[{axis}]"]
+        last = f"out[{gathered}] = x[{scattered}]"
     else:
-        _, idx, ref = (graph.nodes[i] for i in node.inputs)
-        pre, irank = axis, len(idx.shape)
-        post = len(ref.shape) - axis - 1
-        outer = [f"p{a}" for a in range(pre)]
-        inner = [f"j{a}" for a in range(irank)]
-        rest = [f"q{a}" for a in range(post)]
-        loops = ([(v, f"g.shape[{k}]") for k, v in enumerate(outer)]
-                 + [(v, f"g.shape[{pre + k}]") for k, v in enumerate(inner)]
-                 + [(v, f"g.shape[{pre + irank + k}]") for k, v in enumerate(rest)])
-        idx_at = ", ".join(inner) if inner else "0"
-        target = ", ".join(outer + ["t"] + rest)
-        body = [f"t = idx[{idx_at}]", "if t < 0:", "    t += n", "if t < 0 or t >= n:",
-                "    raise IndexError('take: index out of range')",
-                f"out[{target}] += g[{', '.join(outer + inner + rest) or '0'}]"]
-        params, pre_lines = "g, idx, out", [f"n = out.shape[{axis}]", "out[...] = 0"]
+        params, driver = "g, idx, out", "g"
+        pre_lines = [f"n = out.shape[{axis}]", "out[...] = 0"]
+        last = f"out[{scattered}] += g[{gathered}]"
+    loops = [(v, f"{driver}.shape[{k}]") for k, v in enumerate(outer + inner + rest)]
+    body = [f"t = idx[{', '.join(inner) if inner else '0'}]", "if t < 0:", "    t += n",
+            "if t < 0 or t >= n:", "    raise IndexError('take: index out of range')", last]
     lines = [KERNEL_DECORATOR, f"def kernel({params}):"] + ["    " + p for p in pre_lines]
     depth = 1
     for var, bound in loops:
