@@ -18,7 +18,7 @@ from graphc.codegen.cpu import StepWriter
 from graphc.errors import GraphError, user_location
 from graphc.ir import Graph, as_values, building_gradient, format_shape, is_float
 from graphc.optim import Optimizer
-from graphc.passes import SCHEDULE, optimize
+from graphc.passes import SCHEDULE, SCHEDULE_CUDA, optimize
 from graphc.passes.mode import apply_view
 from graphc.runtime import CompiledFunction, CompileReport
 
@@ -84,7 +84,8 @@ def compile(  # noqa: A001 - the framework's verb
     report.nodes_before = len(program.nodes)
     program = optimize(program, timings=timings)
     report.nodes_after = len(program.nodes)
-    program = optimize(program, SCHEDULE, timings=timings)
+    program = optimize(program, SCHEDULE if target == "cpu" else SCHEDULE_CUDA,
+                       timings=timings)
     groups, memory = program.groups, program.memory
     if target != "cpu":
         fn = backends.build(target, program, groups, memory, report, optimizer, single,
@@ -123,11 +124,17 @@ def _signature(writer: StepWriter, program: Graph) -> tuple:
         elif kind in ("const", "dim", "pool"):
             node = program.nodes[key]
             dtype, rank = node.dtype, len(node.shape)
+        elif kind == "partial":  # one slice per shard
+            node = program.nodes[key]
+            dtype, rank = node.dtype, max(len(node.shape), 1) + 1
         else:
             raise GraphError(f"internal: unknown argument kind {kind}")
         types.append(numba.types.Array(numba.from_dtype(np.dtype(dtype)), max(rank, 1), "C"))
-    types.append(numba.types.Array(numba.types.int64, 1, "C"))
-    types.append(numba.types.boolean)
+    types.append(numba.types.Array(numba.types.int64, 1, "C"))   # sizes
+    types.append(numba.types.boolean)                           # check
+    types.append(numba.types.int64)                             # nshards
+    types.append(numba.types.Array(numba.types.int64, 1, "C"))   # bounds
+    types.append(numba.types.Array(numba.types.int64, 2, "C"))   # shard_sizes
     return tuple(types)
 
 

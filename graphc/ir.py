@@ -131,9 +131,10 @@ class Graph:
         # (state name, new-value node, anchor node, follows the training/inference view):
         # compile adds those whose anchor it runs (graphc.passes.mode.apply_view).
         self.state_updates: list[tuple[str, int, int, bool]] = []
-        # Set by the scheduling passes (fusion, memory planning) on compiled programs.
+        # Set by the scheduling passes (fusion, sharding, memory planning) on compiled programs.
         self.groups: list[Any] | None = None
         self.memory: Any = None
+        self.shards: Any = None
         self._names: dict[str, int] = {}
         self._auto_names: dict[str, int] = {}
 
@@ -272,7 +273,7 @@ class Graph:
         other.outputs = []
         other.updates = []
         other.state_updates = []
-        other.groups, other.memory = None, None
+        other.groups, other.memory, other.shards = None, None, None
         other._names, other._auto_names = {}, self._auto_names
         return other
 

@@ -18,7 +18,7 @@ from graphc.interpret import run_nodes
 from graphc.ir import Graph, ancestors
 from graphc.ops import OPS
 from graphc.ops.registry import InferError
-from kernels.cpu.threads import set_blas_threads, threads_for
+from kernels.cpu.threads import set_blas_threads, shards_for, threads_for
 
 
 @dataclass
@@ -81,11 +81,16 @@ class _Signature:
     """Buffers and sizes for one combination of feed shapes."""
 
     def __init__(self, args: list[Any], sizes: np.ndarray, feed_slots: dict[str, int],
-                 blas_threads: int) -> None:
+                 blas_threads: int, bounds: np.ndarray, shard_sizes: np.ndarray) -> None:
         self.blas_threads = blas_threads
         self.args = args
         self.sizes = sizes
         self.feed_slots = feed_slots
+        # batch sharding: shard s runs rows bounds[s]:bounds[s + 1], with the sizes
+        # shard_sizes[s] (its row count on batch axes)
+        self.nshards = len(bounds) - 1
+        self.bounds = bounds
+        self.shard_sizes = shard_sizes
 
 
 def concrete_shapes(graph: Graph, feeds: dict[str, np.ndarray]) -> dict[int, tuple]:
@@ -230,7 +235,8 @@ class CompiledFunction:
             a = _step_array(a)
             args[slot] = a.reshape(1) if a.ndim == 0 else a
         set_blas_threads(sig.blas_threads)
-        ok, outs = self._fn(*args, sig.sizes, self.check_finite and self.optimizer is not None)
+        ok, outs = self._fn(*args, sig.sizes, self.check_finite and self.optimizer is not None,
+                            sig.nshards, sig.bounds, sig.shard_sizes)
         if not ok:
             return self._non_finite(arrays, outs)
         if self.optimizer is not None:
@@ -271,6 +277,7 @@ class CompiledFunction:
         shapes = concrete_shapes(self.program, feeds)
         sizes = np.array([shapes[nid][axis] for nid, axis in self._size_slots] or [0],
                          dtype=np.int64)
+        nshards, bounds, shard_sizes = self._shards(shapes, sizes)
         args: list[Any] = []
         feed_slots: dict[str, int] = {}
         slot_size: dict[int, int] = {}
@@ -304,9 +311,34 @@ class CompiledFunction:
                 src = shapes[node.inputs[0]]
                 count = math.prod(src[a] for a in node.attrs["axes"])
                 args.append(np.array([count], dtype=node.dtype))
+            elif kind == "partial":
+                node = self.program.nodes[key]
+                args.append(np.zeros((nshards,) + (shapes[key] or (1,)), dtype=node.dtype))
             else:  # a view into the pool storage its slot shares with dead values
                 shape = shapes[key] or (1,)
                 args.append(storage[self._slots[key]][:math.prod(shape)].reshape(shape))
         flops = max((2.0 * math.prod(shapes[n.id]) * shapes[n.inputs[0]][-1]
                      for n in self.program.nodes if n.op == "matmul"), default=0.0)
-        return _Signature(args, sizes, feed_slots, threads_for(flops))
+        # one BLAS thread per shard: the shards are the parallelism
+        blas = threads_for(flops) if nshards == 1 else 1
+        return _Signature(args, sizes, feed_slots, blas, bounds, shard_sizes)
+
+    def _shards(self, shapes: dict[int, tuple], sizes: np.ndarray
+                ) -> tuple[int, np.ndarray, np.ndarray]:
+        """(shard count, row bounds, per-shard sizes) for these feed shapes."""
+        plan = self.program.shards
+        enabled = plan is not None and plan.enabled
+        rows = {shapes[n.id][0] for n in self._inputs
+                if enabled and plan.status.get(n.id) == "row"}
+        if len(rows) != 1:
+            # nothing to split, or inputs of different batch sizes: one shard of everything
+            # (slices past an input's end stop at its end)
+            return 1, np.array([0, max(rows, default=0)], dtype=np.int64), sizes.reshape(1, -1)
+        batch = rows.pop()
+        nshards = shards_for(batch)
+        bounds = np.array([batch * s // nshards for s in range(nshards + 1)], dtype=np.int64)
+        shard_sizes = np.repeat(sizes.reshape(1, -1), nshards, axis=0)
+        for k, (nid, axis) in enumerate(self._size_slots):
+            if plan.batch_axis(nid) == axis:
+                shard_sizes[:, k] = np.diff(bounds)
+        return nshards, bounds, shard_sizes

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,24 +29,6 @@ FASTMATH = "{'reassoc', 'nsz', 'contract'}"
 _DECORATOR = ("@njit(cache=True, nogil=True, INLINE"
               f"fastmath={FASTMATH}, error_model='numpy', boundscheck=False)")
 KERNEL_DECORATOR = "@@KERNEL_DECORATOR@@"
-KERNEL_DECORATOR_PARALLEL = ("@njit(cache=True, nogil=True, parallel=True, "
-                             f"fastmath={FASTMATH}, error_model='numpy', boundscheck=False)")
-
-# With GRAPHC_PARALLEL=1, elementwise loops over at least this many elements (known at
-# compile time) use prange. Off by default because it did not pay on 2 cores: the mnist
-# step (784-512-512-10, batch 128) took 2.39 ms serial, 10.2 ms parallel (OpenMP workers
-# spinning against OpenBLAS threads), 2.55 ms with OMP_WAIT_POLICY=passive and 2.82 ms with
-# the workqueue layer; each parallel loop also costs ~0.6 s more to compile.
-PARALLEL_MIN_ELEMENTS = 1 << 17
-
-
-def worth_parallel(space: tuple) -> bool:
-    """Whether a loop over the static iteration `space` should use prange."""
-    if os.environ.get("GRAPHC_PARALLEL", "0") != "1" or len(space) == 0:
-        return False
-    if any(d is None for d in space) or space[0] < 2:
-        return False
-    return int(np.prod(space)) >= PARALLEL_MIN_ELEMENTS
 _MATH = ("exp", "log", "tanh", "sigmoid", "sqrt", "erf", "pow")
 _CTOR = {"float32": "np.float32", "float64": "np.float64", "int8": "np.int8",
          "int16": "np.int16", "int32": "np.int32", "int64": "np.int64", "uint8": "np.uint8",
@@ -70,7 +53,7 @@ def _kernel_library_version() -> str:
 KERNEL_PRELUDE = """import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from kernels.cpu.rng import dropout_keep
 from kernels.cpu.scalar import (
@@ -112,6 +95,17 @@ def _scalar_expr(node: Node, operands: list[str], graph: Graph, flat: str = "0")
 
 
 @dataclass
+class Region:
+    """A parallel region being written: the groups of one slot of the shard plan, run by
+    every shard on its rows. `names` binds row values to the shard's slices of them."""
+
+    index: int
+    lines: list[str] = field(default_factory=list)
+    names: dict[int, str] = field(default_factory=dict)
+    partials: list[int] = field(default_factory=list)
+
+
+@dataclass
 class Kernel:
     """One generated kernel: its source, the file it lives in, and what it computes."""
 
@@ -143,6 +137,11 @@ class StepWriter:
         self.contiguous: dict[int, bool] = {}
         self.call_imports: set[str] = set()   # library kernels of "call" groups
         self.call_digests: dict[str, str] = {}
+        self.shards = graph.shards if graph.shards is not None and graph.shards.enabled \
+            else None
+        self.region: Region | None = None
+        self.region_sources: list[str] = []
+        self.lazy_views: set[int] = set()   # views of row values, bound where they are used
 
     # -- naming ---------------------------------------------------------------------
     def arg(self, kind: str, key: object) -> str:
@@ -160,7 +159,9 @@ class StepWriter:
         if key not in self.size_index:
             self.size_index[key] = len(self.size_slots)
             self.size_slots.append(key)
-        return f"sizes[{self.size_index[key]}]"
+        # in a parallel region, the sizes of the shard (its rows on batch axes)
+        table = "sizes" if self.region is None else "ssz"
+        return f"{table}[{self.size_index[key]}]"
 
     def shape_tuple(self, nid: int) -> str:
         node = self.graph.nodes[nid]
@@ -170,8 +171,31 @@ class StepWriter:
         return "(" + ", ".join(dims) + ",)"
 
     def value(self, nid: int) -> str:
-        """The step-local name of a node's array, binding leaves on first use."""
+        """The name of a node's array where code is being written (in a parallel region,
+        the shard's rows of a row value), binding leaves and views on first use."""
+        if self.region is not None and self.shards.is_row(nid):
+            local = self.region.names.get(nid)
+            if local is None:
+                if nid in self.lazy_views:
+                    self.emit_view(self.graph.nodes[nid])
+                    return self.region.names[nid]
+                local = f"{self.full_value(nid)}_s"
+                self.body.append(f"{local} = {self.full_value(nid)}[lo:hi]")
+                self.region.names[nid] = local
+            return local
+        return self.full_value(nid)
+
+    def full_value(self, nid: int) -> str:
+        """The step-level name of a node's whole array."""
         if nid in self.names:
+            return self.names[nid]
+        if nid in self.lazy_views:
+            region, self.region = self.region, None
+            body, self.body = self.body, self.step_body if region is not None else self.body
+            try:
+                self.emit_view(self.graph.nodes[nid])
+            finally:
+                self.region, self.body = region, body
             return self.names[nid]
         node = self.graph.nodes[nid]
         if node.op == "input":
@@ -188,16 +212,31 @@ class StepWriter:
 
     # -- whole step -------------------------------------------------------------------
     def write(self) -> str:
-        phase_switch = next((k for k, g in enumerate(self.groups) if g.phase >= 2),
-                            len(self.groups))
-        update_switch = next((k for k, g in enumerate(self.groups) if g.phase == 3), None)
-        for k, group in enumerate(self.groups):
-            if k == phase_switch:
+        regions = self.shards.region if self.shards is not None else [None] * len(self.groups)
+        outputs_left = sum(1 for g in self.groups if g.phase == 1)
+        loss_checked = gradients_checked = False
+        for group, region in zip(self.groups, regions):
+            if self.shards is not None and group.kind == "view" \
+                    and self.shards.is_row(group.root):
+                self.lazy_views.add(group.root)
+                outputs_left -= group.phase == 1
+                continue
+            if self.region is not None and region != self.region.index:
+                self.close_region()
+            # the loss check runs once every output is computed, outside parallel regions
+            if not loss_checked and outputs_left == 0 and self.region is None:
                 self.emit_check()
-            if k == update_switch:
+                loss_checked = True
+            if group.phase == 3 and not gradients_checked:
                 self.emit_gradient_check()
+                gradients_checked = True
+            if region is not None and self.region is None:
+                self.open_region(region)
             self.emit_group(group)
-        if phase_switch == len(self.groups):
+            outputs_left -= group.phase == 1
+        if self.region is not None:
+            self.close_region()
+        if not loss_checked:
             self.emit_check()
         for name, nid in self.graph.updates:
             if nid not in self.memory.inplace:
@@ -210,15 +249,20 @@ class StepWriter:
         outs = "".join(f"out{k}, " for k in range(len(self.graph.outputs)))
         self.body.append(f"return True, ({outs})")
         self.write_kernel_files()
-        params = ", ".join([f"a{i}" for i in range(len(self.args))] + ["sizes", "check"])
+        params = ", ".join([f"a{i}" for i in range(len(self.args))] +
+                           ["sizes", "check", "nshards", "bounds", "shard_sizes"])
         imports = sorted({f"from {k.module} import kernel as {k.name}" for k in self.kernels}
                          | self.call_imports)
         # library modules the step calls (Numba's cache of the step does not track them)
         versions = [f"# {m} sha256 {_module_digest(m)}"
                     for m in ("kernels.cpu.linalg", "kernels.cpu.checks")]
-        lines = ["import numpy as np", "from numba import njit", "", *versions,
+        versions += [f"# kernels.cpu.shards sha256 {_module_digest('kernels.cpu.shards')}"
+                     ] if self.region_sources else []
+        lines = ["import numpy as np", "from numba import njit, prange", "", *versions,
                  "from kernels.cpu.linalg import batched_matmul",
-                 "from kernels.cpu.checks import all_finite", *imports, "", "",
+                 "from kernels.cpu.checks import all_finite",
+                 "from kernels.cpu.shards import max_partials, min_partials, sum_partials",
+                 *imports, "", "", *self.region_sources,
                  "@njit(cache=True, nogil=True)", f"def step({params}):"]
         lines += ["    " + line for line in self.body]
         return "\n".join(lines) + "\n"
@@ -229,7 +273,7 @@ class StepWriter:
         for k in self.kernels:
             uses[k.source] = uses.get(k.source, 0) + 1
         for k in self.kernels:
-            shared = uses[k.source] > 1 or KERNEL_DECORATOR_PARALLEL in k.source
+            shared = uses[k.source] > 1
             inline = "" if shared else "inline='always', "
             source = k.source.replace(KERNEL_DECORATOR, _DECORATOR.replace("INLINE", inline))
             if not shared:
@@ -280,7 +324,58 @@ class StepWriter:
         self.body.append(f"if check and not ({cond}):")
         self.body.append(f"    return False, ({outs})")
 
+    # -- parallel regions ------------------------------------------------------------
+    def open_region(self, index: int) -> None:
+        self.region = Region(index)
+        self.step_body, self.body = self.body, self.region.lines
+
+    def close_region(self) -> None:
+        """Write the region as a function of one shard and a parallel loop over shards,
+        call it, and combine the shards' partial results in shard order."""
+        region, self.region = self.region, None
+        self.body = self.step_body
+        assigned = {line.split(" = ")[0] for line in region.lines if " = " in line}
+        external: list[str] = []
+        for line in region.lines:
+            for name in re.findall(r"\b(?:a|v|p)\d+\b", line):
+                if name not in external and name not in assigned:
+                    external.append(name)
+        packs = pack_arguments(external) or [external]
+        pack_names = [f"pack{k}" for k in range(len(packs))]
+        fn = f"region{region.index}"
+        lines = ["@njit(cache=True, nogil=True)",
+                 f"def {fn}(s, lo, hi, ssz, {', '.join(pack_names)}):"]
+        lines += [f"    {', '.join(pack)}, = {name}" for pack, name in zip(packs, pack_names)
+                  if pack]
+        lines += ["    " + line for line in region.lines]
+        lines += ["", "", "@njit(cache=True, nogil=True, parallel=True)",
+                  f"def {fn}_shards(nshards, bounds, shard_sizes, {', '.join(pack_names)}):",
+                  "    for s in prange(nshards):",
+                  f"        {fn}(s, bounds[s], bounds[s + 1], shard_sizes[s], "
+                  f"{', '.join(pack_names)})", "", ""]
+        self.region_sources.append("\n".join(lines))
+        tuples = ", ".join(f"({', '.join(pack)},)" if pack else "()" for pack in packs)
+        self.body.append(f"{fn}_shards(nshards, bounds, shard_sizes, {tuples})")
+        for nid in region.partials:
+            how = self.shards.combine[nid]
+            self.body.append(f"{how}_partials({self.arg('partial', nid)}, nshards, "
+                             f"{self.bind_store(nid)})")
+
     def bind_store(self, nid: int) -> str:
+        if self.region is not None:
+            if self.shards.status[nid] == "partial":
+                part = f"{self.arg('partial', nid)}_s"
+                self.body.append(f"{part} = {self.arg('partial', nid)}[s]")
+                self.region.partials.append(nid)
+                return part
+            full = self.bind_full_store(nid)
+            local = f"{full}_s"
+            self.body.append(f"{local} = {full}[lo:hi]")
+            self.region.names[nid] = local
+            return local
+        return self.bind_full_store(nid)
+
+    def bind_full_store(self, nid: int) -> str:
         if nid in self.memory.inplace:
             name = self.memory.inplace[nid]
             kind = "param" if name in self.graph.param_values else "state"
@@ -357,8 +452,12 @@ class StepWriter:
             expr = f"{base}.reshape({self.shape_tuple(node.id)})"
             contiguous = True
         name = f"v{node.id}"
+        if self.region is not None and self.shards.is_row(node.id):
+            name += "_s"
+            self.region.names[node.id] = name
+        else:
+            self.names[node.id] = name
         self.body.append(f"{name} = {expr}")
-        self.names[node.id] = name
         self.contiguous[node.id] = contiguous
 
     def emit_index(self, node: Node) -> None:
@@ -520,12 +619,7 @@ def loop_kernel_source(graph: Graph, group: Group, in_place: dict[int, int] | No
         lines = [KERNEL_DECORATOR, f"def kernel({', '.join(f'p{k}' for k in range(len(packs)))}):"]
         lines += [f"    {', '.join(pack)}, = p{k}" for k, pack in enumerate(packs)]
     if not reduce_root:
-        loop_lines = _nest(rank, range(rank), body, 1)
-        if worth_parallel(space):
-            # rows are independent and written once each: deterministic in parallel
-            lines[0] = KERNEL_DECORATOR_PARALLEL
-            loop_lines[0] = loop_lines[0].replace("in range(", "in prange(", 1)
-        lines += loop_lines
+        lines += _nest(rank, range(rank), body, 1)
     else:
         lines += _reduction(graph, root, space, body, operand(root.inputs[0]),
                             store_names[root.id])

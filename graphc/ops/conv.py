@@ -239,35 +239,35 @@ _CONV = "kernels.cpu.conv:"
 _POOL = "kernels.cpu.pool:"
 
 defop("conv2d", "call", _conv_infer, conv2d_ref, vjp=_conv_vjp, arity=2,
-      kernel=_CONV + "conv2d_forward", kernel_attrs=("stride", "padding"))
+      kernel=_CONV + "conv2d_forward", kernel_attrs=("stride", "padding"), batch="rows")
 defop("conv2d_grad_input", "call", _conv_grad_input_infer, conv2d_grad_input_ref,
       vjp=_conv_grad_input_vjp, arity=2,
-      kernel=_CONV + "conv2d_grad_input", kernel_attrs=("stride", "padding"))
+      kernel=_CONV + "conv2d_grad_input", kernel_attrs=("stride", "padding"), batch="rows")
 defop("conv2d_grad_weight", "call", _conv_grad_weight_infer, conv2d_grad_weight_ref,
       vjp=_conv_grad_weight_vjp, arity=2,
-      kernel=_CONV + "conv2d_grad_weight", kernel_attrs=("stride", "padding"))
+      kernel=_CONV + "conv2d_grad_weight", kernel_attrs=("stride", "padding"), batch="sum")
 
 defop("max_pool2d", "call", _pool_infer, max_pool2d_ref, arity=1,
       vjp=lambda g, out, x, needs, kernel, stride: (
           make("max_pool2d_grad", [g, x[0]], kernel=kernel, stride=stride),),
-      kernel=_POOL + "max_pool2d_forward", kernel_attrs=("kernel", "stride"))
+      kernel=_POOL + "max_pool2d_forward", kernel_attrs=("kernel", "stride"), batch="rows")
 defop("max_pool2d_grad", "call", _pool_grad_infer, max_pool2d_grad_ref, arity=2,
       vjp=lambda h, out, x, needs, kernel, stride: (
           make("max_pool2d_gather", [h, x[1]], kernel=kernel, stride=stride), None),
-      kernel=_POOL + "max_pool2d_grad", kernel_attrs=("kernel", "stride"))
+      kernel=_POOL + "max_pool2d_grad", kernel_attrs=("kernel", "stride"), batch="rows")
 defop("max_pool2d_gather", "call", _pool_gather_infer, max_pool2d_gather_ref, arity=2,
       vjp=lambda k, out, x, needs, kernel, stride: (
           make("max_pool2d_grad", [k, x[1]], kernel=kernel, stride=stride), None),
-      kernel=_POOL + "max_pool2d_gather", kernel_attrs=("kernel", "stride"))
+      kernel=_POOL + "max_pool2d_gather", kernel_attrs=("kernel", "stride"), batch="rows")
 defop("avg_pool2d", "call", _pool_infer, avg_pool2d_ref, arity=1,
       vjp=lambda g, out, x, needs, kernel, stride: (
           make("avg_pool2d_grad", [g], kernel=kernel, stride=stride,
                input_hw=tuple(x[0].shape[2:])),),
-      kernel=_POOL + "avg_pool2d_forward", kernel_attrs=("kernel", "stride"))
+      kernel=_POOL + "avg_pool2d_forward", kernel_attrs=("kernel", "stride"), batch="rows")
 defop("avg_pool2d_grad", "call", _avg_grad_infer, avg_pool2d_grad_ref, arity=1,
       vjp=lambda h, out, x, needs, kernel, stride, input_hw: (
           make("avg_pool2d", [h], kernel=kernel, stride=stride),),
-      kernel=_POOL + "avg_pool2d_grad", kernel_attrs=("kernel", "stride"))
+      kernel=_POOL + "avg_pool2d_grad", kernel_attrs=("kernel", "stride"), batch="rows")
 
 
 # -- public functions ----------------------------------------------------------------------

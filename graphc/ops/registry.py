@@ -43,6 +43,9 @@ class OpDef:
             {_flat} is the element's flat (row-major) index in the loop (counter-based RNGs).
     kernel: "module:function" of the hand-written kernel a "call" op runs (kernels/cpu),
             kernel_attrs the attrs passed after the output buffer.
+    batch: how a "call" op splits over a batch on axis 0 of its operands (graphc/passes/
+           sharding.py): "rows" (output row r reads only operand rows r: conv2d, pooling),
+           "sum" (the output sums over the rows: conv2d_grad_weight), None (cannot split).
     """
 
     name: str
@@ -54,6 +57,7 @@ class OpDef:
     arity: int | None = None
     kernel: str | None = None
     kernel_attrs: tuple[str, ...] = ()
+    batch: str | None = None
 
 
 OPS: dict[str, OpDef] = {}
@@ -62,7 +66,7 @@ OPS: dict[str, OpDef] = {}
 def defop(name: str, kind: str, infer: Callable[..., tuple[Shape, str]], ref: Callable[..., Any],
           vjp: Callable[..., Sequence[Value | None]] | None = None, scalar: str | None = None,
           arity: int | None = None, kernel: str | None = None,
-          kernel_attrs: tuple[str, ...] = ()) -> OpDef:
+          kernel_attrs: tuple[str, ...] = (), batch: str | None = None) -> OpDef:
     """Declare and register a primitive op (`kernel`: the CPU library function of a "call"
     op, as "module:function")."""
     if name in OPS:
@@ -73,7 +77,9 @@ def defop(name: str, kind: str, infer: Callable[..., tuple[Shape, str]], ref: Ca
         raise ValueError(f"elementwise op {name!r} needs a scalar template")
     if kind == "call" and (kernel is None or ":" not in kernel):
         raise ValueError(f"call op {name!r} needs a kernel named 'module:function'")
-    op = OpDef(name, kind, infer, ref, vjp, scalar, arity, kernel, tuple(kernel_attrs))
+    if batch not in (None, "rows", "sum"):
+        raise ValueError(f"op {name!r}: batch must be 'rows', 'sum' or None, got {batch!r}")
+    op = OpDef(name, kind, infer, ref, vjp, scalar, arity, kernel, tuple(kernel_attrs), batch)
     OPS[name] = op
     return op
 

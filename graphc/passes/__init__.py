@@ -11,6 +11,7 @@ from graphc.passes.cse import eliminate_common_subexpressions
 from graphc.passes.dce import eliminate_dead_code
 from graphc.passes.fusion import fuse
 from graphc.passes.memory import plan_memory
+from graphc.passes.sharding import plan_shards
 from graphc.passes.simplify import simplify
 
 Pass = Callable[[Graph], Graph]
@@ -30,6 +31,18 @@ def fusion(graph: Graph) -> Graph:
     return out
 
 
+def sharding(graph: Graph) -> Graph:
+    """Annotate a fused graph with its batch-sharding plan (`graph.shards`) and reorder its
+    groups into serial slots and parallel regions (graphc/passes/sharding.py).
+
+    Invariant: nodes, outputs and updates are unchanged; the groups are the same groups in
+    another topological order, with every update group after all other groups.
+    """
+    out = graph.fork()
+    out.groups, out.shards = plan_shards(out, graph.groups)
+    return out
+
+
 def memory_planning(graph: Graph) -> Graph:
     """Annotate a fused graph with its memory plan (`graph.memory`): buffer slots shared by
     values never live at once, views, and updates written in place.
@@ -39,11 +52,14 @@ def memory_planning(graph: Graph) -> Graph:
     """
     out = graph.fork()
     out.groups = graph.groups
+    out.shards = graph.shards
     out.memory = plan_memory(out, out.groups)
     return out
 
 
-SCHEDULE: list[Pass] = [fusion, memory_planning]
+SCHEDULE: list[Pass] = [fusion, sharding, memory_planning]
+# The CUDA target parallelises within each kernel instead: no batch sharding.
+SCHEDULE_CUDA: list[Pass] = [fusion, memory_planning]
 
 
 def verify(graph: Graph) -> None:
@@ -71,5 +87,6 @@ def optimize(graph: Graph, passes: list[Pass] | None = None,
     return graph
 
 
-__all__ = ["PIPELINE", "SCHEDULE", "eliminate_common_subexpressions", "eliminate_dead_code",
-           "fusion", "memory_planning", "optimize", "simplify", "verify"]
+__all__ = ["PIPELINE", "SCHEDULE", "SCHEDULE_CUDA", "eliminate_common_subexpressions",
+           "eliminate_dead_code", "fusion", "memory_planning", "optimize", "sharding", "simplify",
+           "verify"]

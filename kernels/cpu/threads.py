@@ -64,3 +64,21 @@ def threads_for(flops: float) -> int:
     if forced:
         return max(1, int(forced))
     return 1 if flops < 32e6 else MAX_THREADS
+
+
+def shard_count() -> int:
+    """How many shards a batch-sharded step splits its batch into: `GRAPHC_SHARDS`, else
+    the number of CPUs this process may run on. Results depend on it (partial sums are
+    added per shard), so it is fixed per process: the same on every run of a machine."""
+    forced = os.environ.get("GRAPHC_SHARDS")
+    if forced:
+        return max(1, int(forced))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def shards_for(batch: int) -> int:
+    """Shards for a batch of `batch` rows: every shard gets at least one row."""
+    return max(1, min(shard_count(), batch))
