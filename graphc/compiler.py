@@ -87,6 +87,11 @@ def compile(  # noqa: A001 - the framework's verb
     program = optimize(program, SCHEDULE if target == "cpu" else SCHEDULE_CUDA,
                        timings=timings)
     groups, memory = program.groups, program.memory
+    if program.shards is not None:
+        plan = program.shards
+        report.sharding = (f"the batch is split into shards run in parallel "
+                           f"({plan.regions} parallel region(s) per step)" if plan.enabled
+                           else f"one thread: {plan.reason}")
     if target != "cpu":
         fn = backends.build(target, program, groups, memory, report, optimizer, single,
                             values[0].graph)

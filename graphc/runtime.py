@@ -33,6 +33,7 @@ class CompileReport:
     unique_kernels: int = 0
     nodes_before: int = 0
     nodes_after: int = 0
+    sharding: str = ""   # how the batch is split over threads, or why it is not
 
     @property
     def total(self) -> float:
@@ -44,7 +45,8 @@ class CompileReport:
             f"compile: {self.total:.3f} s, {self.nodes_before} -> {self.nodes_after} nodes, "
             f"{self.kernels} kernels ({self.unique_kernels} unique)", *rows,
             f"  kernel files: {self.cache_written} written, {self.cache_reused} reused from "
-            f"the cache, {self.cache_repaired} repaired"])
+            f"the cache, {self.cache_repaired} repaired",
+            *([f"  threads: {self.sharding}"] if self.sharding else [])])
 
 
 class BackwardGraph:

@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 
@@ -25,6 +27,8 @@ from graphc.passes.fusion import data_inputs
 from graphc.passes.sharding import GLOBAL, PARTIAL, ROW, ROWT
 
 RTOL = ATOL = 1e-12
+# the module (graphc.passes.sharding, the attribute, is the pass function)
+sharding_pass = importlib.import_module("graphc.passes.sharding")
 
 
 def mlp(widths: tuple[int, ...] = (6, 8, 3)) -> tuple[Graph, gc.Value]:
@@ -63,7 +67,7 @@ def assert_matches_interpreter(outputs: list[gc.Value], feeds: dict[str, np.ndar
 # -- the plan ---------------------------------------------------------------------------
 
 def test_plan_of_a_training_step() -> None:
-    g, loss = mlp()
+    _, loss = mlp()
     program = scheduled(loss)
     plan = program.shards
     assert plan.enabled and plan.regions == 1, plan.reason
@@ -76,7 +80,7 @@ def test_plan_of_a_training_step() -> None:
     matmuls = [n for n in nodes if n.op == "matmul"]
     assert {status[n.id] for n in matmuls} == {ROW, PARTIAL}
     for n in matmuls:
-        a, b = (status[i] for i in n.inputs)
+        a = status[n.inputs[0]]
         assert status[n.id] == (PARTIAL if a == ROWT else ROW)
     # weight gradients are partial sums over the batch; updates are global
     assert all(status[nid] == GLOBAL for _, nid in program.updates)
@@ -196,3 +200,24 @@ def test_training_is_bitwise_reproducible_for_a_shard_count_and_close_across_cou
         # gradients move parameters by ~1e-15 after a few steps
         np.testing.assert_allclose(two[1][name], serial[1][name], rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(two[0], serial[0], rtol=RTOL)
+
+
+def test_update_rows_shared_out_among_shards_change_no_bit(monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """Above SPLIT_MIN_ELEMENTS parameters the updates run in a parallel region too, each
+    shard on a share of every parameter's rows: elementwise, so bitwise the same."""
+    whole = {shards: train(shards, monkeypatch) for shards in (2, 3)}
+    monkeypatch.setattr(sharding_pass, "SPLIT_MIN_ELEMENTS", 0)
+    _, loss = mlp((6, 16, 16, 3))
+    program = scheduled(loss, gc.optim.Adam(1e-2))
+    plan = program.shards
+    updates = [k for k, g in enumerate(program.groups) if g.phase == 3]
+    assert any(plan.split[k] for k in updates)
+    assert all(plan.region[k] is not None for k in updates if plan.split[k])
+    assert len({plan.region[k] for k in updates if plan.split[k]}) == 1
+    for shards in (2, 3):
+        shared = train(shards, monkeypatch)
+        reference = whole[shards]
+        assert shared[0] == reference[0]
+        for name in shared[1]:
+            assert np.array_equal(shared[1][name], reference[1][name]), name

@@ -142,6 +142,7 @@ class StepWriter:
         self.region: Region | None = None
         self.region_sources: list[str] = []
         self.lazy_views: set[int] = set()   # views of row values, bound where they are used
+        self.split = False   # the group being written shares its rows out among the shards
 
     # -- naming ---------------------------------------------------------------------
     def arg(self, kind: str, key: object) -> str:
@@ -213,9 +214,11 @@ class StepWriter:
     # -- whole step -------------------------------------------------------------------
     def write(self) -> str:
         regions = self.shards.region if self.shards is not None else [None] * len(self.groups)
+        split = self.shards.split if self.shards is not None else [False] * len(self.groups)
         outputs_left = sum(1 for g in self.groups if g.phase == 1)
         loss_checked = gradients_checked = False
-        for group, region in zip(self.groups, regions):
+        for group, region, shared_rows in zip(self.groups, regions, split):
+            self.split = shared_rows
             if self.shards is not None and group.kind == "view" \
                     and self.shards.is_row(group.root):
                 self.lazy_views.add(group.root)
@@ -344,14 +347,14 @@ class StepWriter:
         pack_names = [f"pack{k}" for k in range(len(packs))]
         fn = f"region{region.index}"
         lines = ["@njit(cache=True, nogil=True)",
-                 f"def {fn}(s, lo, hi, ssz, {', '.join(pack_names)}):"]
+                 f"def {fn}(s, nshards, lo, hi, ssz, {', '.join(pack_names)}):"]
         lines += [f"    {', '.join(pack)}, = {name}" for pack, name in zip(packs, pack_names)
                   if pack]
         lines += ["    " + line for line in region.lines]
         lines += ["", "", "@njit(cache=True, nogil=True, parallel=True)",
                   f"def {fn}_shards(nshards, bounds, shard_sizes, {', '.join(pack_names)}):",
                   "    for s in prange(nshards):",
-                  f"        {fn}(s, bounds[s], bounds[s + 1], shard_sizes[s], "
+                  f"        {fn}(s, nshards, bounds[s], bounds[s + 1], shard_sizes[s], "
                   f"{', '.join(pack_names)})", "", ""]
         self.region_sources.append("\n".join(lines))
         tuples = ", ".join(f"({', '.join(pack)},)" if pack else "()" for pack in packs)
@@ -532,12 +535,33 @@ class StepWriter:
         space_node = root.inputs[0] if reduce_root else root.id
         sizes = [self.dim(space_node, a) for a in range(len(self.graph.nodes[space_node].shape))]
         operands = [self.value(i) for i in loads]
-        stores = [self.bind_store(n) for n in group.stores if n not in in_place]
+        if self.split:
+            stores = [self.bind_full_store(n) for n in group.stores if n not in in_place]
+            sizes, operands, stores = self.split_rows(group, space_node, sizes, loads,
+                                                      operands, stores)
+        else:
+            stores = [self.bind_store(n) for n in group.stores if n not in in_place]
         args = sizes + operands + stores
         packs = pack_arguments(args)
         if packs is not None:
             args = [f"({', '.join(pack)},)" for pack in packs]
         self.body.append(f"{kernel.name}({', '.join(args)})")
+
+    def split_rows(self, group: Group, space_node: int, sizes: list[str], loads: list[int],
+                   operands: list[str], stores: list[str]
+                   ) -> tuple[list[str], list[str], list[str]]:
+        """This shard's share of the rows of an update loop (a fixed shape): rows
+        [lo, hi) of every operand of the loop's shape; operands the same for every row are
+        passed whole."""
+        space = self.graph.nodes[space_node].shape
+        k = len(self.kernels)
+        lo, hi = f"lo{k}", f"hi{k}"
+        self.body.append(f"{lo} = ({space[0]} * s) // nshards")
+        self.body.append(f"{hi} = ({space[0]} * (s + 1)) // nshards")
+        operands = [f"{name}[{lo}:{hi}]" if self.graph.nodes[nid].shape == space else name
+                    for nid, name in zip(loads, operands)]
+        stores = [f"{name}[{lo}:{hi}]" for name in stores]
+        return [f"{hi} - {lo}"] + sizes[1:], operands, stores
 
 
 # CPython compiles a call with more than 30 arguments (its STACK_USE_GUIDELINE) as

@@ -56,12 +56,15 @@ class ShardPlan:
     `status[node]`: row, rowT, partial or global (see the module docstring);
     `combine[node]`: "sum", "max" or "min" for each partial node; `region[k]`: the
     parallel region of group k of the (reordered) group list, None for serial groups;
-    `reason`: why the graph is not sharded (then every group is serial)."""
+    `split[k]`: group k is an update loop whose rows (axis 0 of the parameter) the shards
+    share out (see SPLIT_MIN_ELEMENTS); `reason`: why the graph is not sharded (then every
+    group is serial)."""
 
     status: dict[int, str] = field(default_factory=dict)
     combine: dict[int, str] = field(default_factory=dict)
     region: list[int | None] = field(default_factory=list)
     reason: str = ""
+    split: list[bool] = field(default_factory=list)
 
     @property
     def enabled(self) -> bool:
@@ -193,6 +196,30 @@ def node_status(graph: Graph, node: Node, status: dict[int, str]) -> tuple[str, 
     raise UnshardableError(f"{where} has no rule for splitting the batch")
 
 
+# The optimizer updates run in parallel too, each shard on a share of every parameter's rows,
+# when the parameters hold at least this many elements in all: below it, one more fork and
+# join of the threads costs more than the update it shares.
+SPLIT_MIN_ELEMENTS = 1 << 17
+
+
+def splittable_update(graph: Graph, group: Group) -> bool:
+    """Whether an update group is a loop over a fixed shape whose rows (axis 0) can be shared
+    out: every value it stores has that shape, and every value it reads has it too (and is
+    sliced alike) or is the same for every row."""
+    root = graph.nodes[group.root]
+    space = root.shape
+    if group.kind != "loop" or group.phase != 3 or OPS[root.op].kind == "reduce" \
+            or not space or not _static(space) or space[0] < 2:
+        return False
+    if any(graph.nodes[n].shape != space for n in group.stores):
+        return False
+    for nid in group.loads:
+        shape = graph.nodes[nid].shape
+        if shape != space and len(shape) == len(space) and shape[0] != 1:
+            return False
+    return True
+
+
 def plan_shards(graph: Graph, groups: list[Group]) -> tuple[list[Group], ShardPlan]:
     """The groups reordered into serial slots and parallel regions, and the plan.
 
@@ -215,8 +242,11 @@ def plan_shards(graph: Graph, groups: list[Group]) -> tuple[list[Group], ShardPl
     for k, g in enumerate(groups):
         for n in g.nodes:
             producer[n] = k
+    split = {k for k, g in enumerate(groups) if splittable_update(graph, g)}
+    if sum(math.prod(graph.nodes[groups[k].root].shape) for k in split) < SPLIT_MIN_ELEMENTS:
+        split = set()
     slot: dict[int, int] = {}
-    floor = 0
+    floor: int | None = None   # the serial slot of the gradient check, before any update
 
     def ready_after(nid: int) -> int:
         """The slot from which `nid` can be read: a partial once its region has ended."""
@@ -240,10 +270,11 @@ def plan_shards(graph: Graph, groups: list[Group]) -> tuple[list[Group], ShardPl
             continue
         start = max(deps, default=0)
         if g.phase == 3:
-            if floor == 0:
+            if floor is None:
                 floor = max(slot.values(), default=0)
+                floor += floor % 2
             start = max(start, floor)
-        if sharded:
+        if sharded or k in split:
             slot[k] = start if start % 2 else start + 1
         else:
             slot[k] = start if start % 2 == 0 else start + 1
@@ -251,4 +282,4 @@ def plan_shards(graph: Graph, groups: list[Group]) -> tuple[list[Group], ShardPl
     regions = {s: r for r, s in enumerate(sorted({slot[k] for k in order if slot[k] % 2}))}
     reordered = [replace(groups[k]) for k in order]
     region = [regions.get(slot[k]) if groups[k].kind != "view" else None for k in order]
-    return reordered, ShardPlan(status, combine, region)
+    return reordered, ShardPlan(status, combine, region, split=[k in split for k in order])
