@@ -358,7 +358,12 @@ class StepWriter:
                   f"{', '.join(pack_names)})", "", ""]
         self.region_sources.append("\n".join(lines))
         tuples = ", ".join(f"({', '.join(pack)},)" if pack else "()" for pack in packs)
-        self.body.append(f"{fn}_shards(nshards, bounds, shard_sizes, {tuples})")
+        # one shard runs on this thread: waking the pool would leave its threads spinning
+        # against BLAS's
+        self.body += ["if nshards == 1:",
+                      f"    {fn}(0, 1, bounds[0], bounds[1], shard_sizes[0], {tuples})",
+                      "else:",
+                      f"    {fn}_shards(nshards, bounds, shard_sizes, {tuples})"]
         for nid in region.partials:
             how = self.shards.combine[nid]
             self.body.append(f"{how}_partials({self.arg('partial', nid)}, nshards, "

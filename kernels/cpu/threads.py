@@ -13,25 +13,44 @@ import os
 
 _SETTERS = ("scipy_openblas_set_num_threads", "openblas_set_num_threads")
 _GETTERS = ("scipy_openblas_get_num_threads", "openblas_get_num_threads")
+_CORENAMES = ("scipy_openblas_get_corename", "openblas_get_corename")
 
 
-def _load() -> tuple[object | None, object | None]:
+def _library() -> ctypes.CDLL | None:
+    """SciPy's OpenBLAS (the copy Numba's `np.dot` calls), or None."""
     try:
         import scipy
         import scipy.linalg.cython_blas
     except ImportError:
-        return None, None
+        return None
     libs = os.path.join(os.path.dirname(os.path.dirname(scipy.__file__)), "scipy.libs")
     for path in sorted(glob.glob(os.path.join(libs, "libscipy_openblas*.so*"))):
         try:
             lib = ctypes.CDLL(path)
         except OSError:
             continue
-        setter = next((getattr(lib, n) for n in _SETTERS if hasattr(lib, n)), None)
-        getter = next((getattr(lib, n) for n in _GETTERS if hasattr(lib, n)), None)
-        if setter is not None:
-            return setter, getter
-    return None, None
+        if any(hasattr(lib, n) for n in _SETTERS):
+            return lib
+    return None
+
+
+def _load() -> tuple[object | None, object | None]:
+    lib = _library()
+    if lib is None:
+        return None, None
+    setter = next((getattr(lib, n) for n in _SETTERS if hasattr(lib, n)), None)
+    getter = next((getattr(lib, n) for n in _GETTERS if hasattr(lib, n)), None)
+    return setter, getter
+
+
+def core_name() -> str:
+    """The kernels SciPy's OpenBLAS runs (e.g. "Haswell", "SkylakeX"), or "unknown"."""
+    lib = _library()
+    fn = next((getattr(lib, n) for n in _CORENAMES if hasattr(lib, n)), None) if lib else None
+    if fn is None:
+        return "unknown"
+    fn.restype = ctypes.c_char_p
+    return fn().decode().strip()
 
 
 _setter, _getter = _load()
