@@ -381,6 +381,11 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
+        # OpenBLAS kernels (graphc's and numpy's matrix products): the environment's choice,
+        # and graphc's own (kernels/cpu/blas_arch.py)
+        "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "(detected)"),
+        "GRAPHC_BLAS_CORETYPE": os.environ.get("GRAPHC_BLAS_CORETYPE", "(unset)"),
+        "GRAPHC_SHARDS": os.environ.get("GRAPHC_SHARDS", "(unset: one per CPU)"),
     }
 
 
@@ -403,6 +408,8 @@ def report(
         f"python {m['python']}, numpy {m['numpy']}"
         + "".join(f", {k} {v}" for k, v in versions.items() if k != "numpy")
         + f"; {m['cpus']} CPUs",
+        f"OPENBLAS_CORETYPE {m['OPENBLAS_CORETYPE']}, GRAPHC_BLAS_CORETYPE "
+        f"{m['GRAPHC_BLAS_CORETYPE']}, GRAPHC_SHARDS {m['GRAPHC_SHARDS']}",
         "SGEMM (np.dot float32, median): "
         + ", ".join(f"{k}x{k} {v:.1f} GFLOP/s" for k, v in sgemm.items() if k.isdigit())
         + f"; peak {sgemm['peak']:.1f} GFLOP/s",

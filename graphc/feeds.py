@@ -34,6 +34,10 @@ def check_feeds(needed: Iterable[Node], feeds: Mapping[str, Any], *,
 
 def check_feed(node: Node, value: Any) -> np.ndarray:
     """One feed as an array of the input's dtype, or FeedError saying what was expected."""
+    if isinstance(value, np.ndarray) and value.dtype == node.dtype \
+            and value.ndim == len(node.shape) \
+            and all(d is None or d == s for d, s in zip(node.shape, value.shape)):
+        return value   # the common case, checked without building any message
     expected = f"{format_shape(node.shape)} {node.dtype}"
     try:
         array = np.asarray(value)

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -63,6 +65,66 @@ def _cuda() -> Any:
     from numba import cuda
 
     return cuda
+
+
+# -- the CUDA simulator ---------------------------------------------------------------------
+
+_SHARED_LOCK = threading.Lock()
+
+
+def make_simulator_shared_arrays_thread_safe() -> None:
+    """Fix a race in Numba's CUDA simulator (numba-cuda's simulator/kernelapi.py): the
+    simulator runs each CUDA thread as a Python thread and gives a kernel's threads their
+    `cuda.shared.array` by looking up (file, line) of the call in a dict per launch; on a
+    miss it creates the array with `np.empty` and stores it, with no lock. Two threads of
+    the first block that both miss before either stores each get an array of their own: the
+    loser writes its part of the tile (matmul) or its partial sum (tree reduction) where no
+    other thread reads it, and the others read `np.empty` garbage there (often the previous
+    launch's shared array, recycled by numpy's allocator: plausible but wrong values, now
+    and then NaN). With the tests' 0.1 ms GIL switch interval this made about one simulator
+    suite run in six compute a different training step. Here the miss path is serialised,
+    so every thread of a launch gets the one array; otherwise the same semantics (keyed by
+    the caller's file and line, uninitialised like the GPU's shared memory). Idempotent."""
+    try:
+        from numba.cuda.simulator import kernelapi
+    except ImportError:
+        return
+    shared = getattr(kernelapi, "FakeCUDAShared", None)
+    if shared is None or getattr(shared.array, "_graphc_thread_safe", False):
+        return
+    original = shared.array
+
+    def array(self: Any, shape: Any, dtype: Any, alignment: Any = None) -> Any:
+        if alignment is not None or (not isinstance(shape, tuple) and shape == 0):
+            return original(self, shape, dtype, alignment)  # errors, dynamic shared memory
+        if isinstance(dtype, kernelapi.types.Type):
+            dtype = kernelapi.numpy_support.as_dtype(dtype)
+        frame = sys._getframe(1)
+        caller = (frame.f_code.co_filename, frame.f_lineno)
+        res = self._allocations.get(caller)
+        if res is None:
+            with _SHARED_LOCK:
+                res = self._allocations.get(caller)
+                if res is None:
+                    res = np.empty(shape, dtype)
+                    self._allocations[caller] = res
+        return res
+
+    array._graphc_thread_safe = True  # type: ignore[attr-defined]
+    shared.array = array
+
+
+class _SimulatorLaunch:
+    """A launch on the simulator, configured when it runs: there `kernel[grid, block]`
+    sets the grid and block on the kernel object itself and returns it, so launchers kept
+    in a plan would all run with the configuration set last (by any plan, of any function
+    sharing the kernel file)."""
+
+    def __init__(self, fn: Any, grid: Any, block: Any) -> None:
+        self.fn, self.grid, self.block = fn, grid, block
+
+    def __call__(self, *args: Any) -> None:
+        self.fn[self.grid, self.block](*args)
 
 
 def c_strides(shape: tuple) -> tuple:
@@ -396,9 +458,12 @@ class CudaCompiledFunction(CompiledFunction):
                    args: list, what: str) -> None:
             launched.append(f"{what} {kernel.name}.{function} grid={grid} block={block}")
             fn = self._functions[(kernel.module, function)]
-            with warnings.catch_warnings():  # small grids are expected: tiny tensors
-                warnings.filterwarnings("ignore", message=".*under-utilization.*")
-                configured = fn[grid, block]
+            if simulator_enabled():
+                configured: Any = _SimulatorLaunch(fn, grid, block)
+            else:
+                with warnings.catch_warnings():  # small grids are expected: tiny tensors
+                    warnings.filterwarnings("ignore", message=".*under-utilization.*")
+                    configured = fn[grid, block]
             launches.append((configured, tuple(args)))
 
         def copy(kernel: CudaKernel, shape: tuple, src: Layout, dst: Layout,
@@ -633,6 +698,8 @@ def flat_batch_stride(lay: Layout, batch: tuple) -> int | None:
 def _load_kernels(writer: CudaStepWriter) -> dict[tuple[str, str], Any]:
     functions: dict[tuple[str, str], Any] = {}
     compile_now = not simulator_enabled()
+    if not compile_now:
+        make_simulator_shared_arrays_thread_safe()
     for kernel in writer.kernels:
         module = load_module(kernel.module, kernel.path)
         for function, sigs in kernel.functions.items():

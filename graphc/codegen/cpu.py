@@ -143,6 +143,7 @@ class StepWriter:
         self.region_sources: list[str] = []
         self.lazy_views: set[int] = set()   # views of row values, bound where they are used
         self.split = False   # the group being written shares its rows out among the shards
+        self.parallel = False   # the step has parallel regions
 
     # -- naming ---------------------------------------------------------------------
     def arg(self, kind: str, key: object) -> str:
@@ -266,7 +267,8 @@ class StepWriter:
                  "from kernels.cpu.checks import all_finite",
                  "from kernels.cpu.shards import max_partials, min_partials, sum_partials",
                  *imports, "", "", *self.region_sources,
-                 "@njit(cache=True, nogil=True)", f"def step({params}):"]
+                 STEP_DECORATOR_PARALLEL if self.parallel else STEP_DECORATOR,
+                 f"def step({params}):"]
         lines += ["    " + line for line in self.body]
         return "\n".join(lines) + "\n"
 
@@ -343,27 +345,23 @@ class StepWriter:
             for name in re.findall(r"\b(?:a|v|p)\d+\b", line):
                 if name not in external and name not in assigned:
                     external.append(name)
-        packs = pack_arguments(external) or [external]
-        pack_names = [f"pack{k}" for k in range(len(packs))]
         fn = f"region{region.index}"
-        lines = ["@njit(cache=True, nogil=True)",
-                 f"def {fn}(s, nshards, lo, hi, ssz, {', '.join(pack_names)}):"]
-        lines += [f"    {', '.join(pack)}, = {name}" for pack, name in zip(packs, pack_names)
-                  if pack]
+        arrays = ", ".join(external)
+        lines = [STEP_DECORATOR,
+                 f"def {fn}(s, nshards, lo, hi, ssz, {arrays}):"]
         lines += ["    " + line for line in region.lines]
-        lines += ["", "", "@njit(cache=True, nogil=True, parallel=True)",
-                  f"def {fn}_shards(nshards, bounds, shard_sizes, {', '.join(pack_names)}):",
-                  "    for s in prange(nshards):",
-                  f"        {fn}(s, nshards, bounds[s], bounds[s + 1], shard_sizes[s], "
-                  f"{', '.join(pack_names)})", "", ""]
-        self.region_sources.append("\n".join(lines))
-        tuples = ", ".join(f"({', '.join(pack)},)" if pack else "()" for pack in packs)
-        # one shard runs on this thread: waking the pool would leave its threads spinning
-        # against BLAS's
+        self.region_sources.append("\n".join(lines) + "\n\n")
+        # One shard runs on this thread (waking the pool would leave its threads spinning
+        # against BLAS's). The shard index is an int64 in both calls (prange's is unsigned,
+        # a literal 0 would be a constant), so one compiled function serves both.
         self.body += ["if nshards == 1:",
-                      f"    {fn}(0, 1, bounds[0], bounds[1], shard_sizes[0], {tuples})",
+                      f"    {fn}(nshards - 1, nshards, bounds[0], bounds[1], shard_sizes[0], "
+                      f"{arrays})",
                       "else:",
-                      f"    {fn}_shards(nshards, bounds, shard_sizes, {tuples})"]
+                      "    for s in prange(nshards):",
+                      f"        {fn}(np.int64(s), nshards, bounds[s], bounds[s + 1], "
+                      f"shard_sizes[s], {arrays})"]
+        self.parallel = True
         for nid in region.partials:
             how = self.shards.combine[nid]
             self.body.append(f"{how}_partials({self.arg('partial', nid)}, nshards, "
@@ -567,6 +565,17 @@ class StepWriter:
                     for nid, name in zip(loads, operands)]
         stores = [f"{name}[{lo}:{hi}]" for name in stores]
         return [f"{hi} - {lo}"] + sizes[1:], operands, stores
+
+
+# The step and its region functions: numpy's error model, as in the kernels inlined into
+# them (a float division by zero gives inf or NaN, which the step's checks report).
+STEP_DECORATOR = "@njit(cache=True, nogil=True, error_model='numpy')"
+# Only the explicit prange loops of the regions run in parallel: Numba's other parallel
+# transformations (array expressions, setitem, reductions) would add a fork and join each.
+STEP_DECORATOR_PARALLEL = (
+    "@njit(cache=True, nogil=True, error_model='numpy', parallel={'prange': True, "
+    "'setitem': False, 'numpy': False, 'reduction': False, 'comprehension': False, "
+    "'stencil': False, 'fusion': False, 'inplace_binop': False})")
 
 
 # CPython compiles a call with more than 30 arguments (its STACK_USE_GUIDELINE) as

