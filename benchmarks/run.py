@@ -385,7 +385,7 @@ def machine_info() -> dict[str, Any]:
         # and graphc's own (kernels/cpu/blas_arch.py)
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "(detected)"),
         "GRAPHC_BLAS_CORETYPE": os.environ.get("GRAPHC_BLAS_CORETYPE", "(unset)"),
-        "GRAPHC_SHARDS": os.environ.get("GRAPHC_SHARDS", "(unset: one per CPU)"),
+        "GRAPHC_SHARDS": os.environ.get("GRAPHC_SHARDS", "(unset: 1)"),
     }
 
 

@@ -31,6 +31,21 @@ RTOL = ATOL = 1e-12
 sharding_pass = importlib.import_module("graphc.passes.sharding")
 
 
+@pytest.fixture(autouse=True)
+def two_shards(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sharding is off by default (GRAPHC_SHARDS unset): these tests switch it on."""
+    monkeypatch.setenv("GRAPHC_SHARDS", "2")
+
+
+def test_one_shard_by_default_compiles_a_serial_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GRAPHC_SHARDS")
+    _, loss = mlp()
+    step = gc.compile(loss, optimizer=gc.optim.SGD(0.1))
+    assert not step.program.shards.enabled and "one shard" in step.program.shards.reason
+    assert "prange" not in step.source.split("def step")[1]
+    assert "one thread" in str(step.compile_report)
+
+
 def mlp(widths: tuple[int, ...] = (6, 8, 3)) -> tuple[Graph, gc.Value]:
     g = gc.Graph("shard_mlp", seed=0, dtype="float64")
     x = g.input("x", (None, widths[0]))
@@ -221,3 +236,15 @@ def test_update_rows_shared_out_among_shards_change_no_bit(monkeypatch: pytest.M
         assert shared[0] == reference[0]
         for name in shared[1]:
             assert np.array_equal(shared[1][name], reference[1][name]), name
+
+
+def test_regions_with_too_many_arrays_run_serially(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Numba's compile time for a parallel region grows faster than linearly with the arrays
+    it takes: past MAX_REGION_ARRAYS the graph runs serially, and says so."""
+    _, loss = mlp((6, 8, 8, 3))
+    program = scheduled(loss)
+    widest = max(sharding_pass.region_arrays(program, program.groups, program.shards).values())
+    monkeypatch.setattr(sharding_pass, "MAX_REGION_ARRAYS", widest - 1)
+    program = scheduled(loss)
+    assert not program.shards.enabled and f"{widest} arrays" in program.shards.reason
+    assert_matches_interpreter(loss_and_grads(loss), batch(5))

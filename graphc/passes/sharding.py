@@ -27,9 +27,9 @@ group. The reordered list stays a topological order, so the memory plan (built a
 this pass) stays valid; buffers are only shared between values of one shape, so two
 shards never touch each other's rows through a shared buffer.
 
-With one shard (GRAPHC_SHARDS=1, or a process on one CPU) the graph is left unsharded: the
-parallel regions cost compile time (measured: a 64-128-128-10 MLP step compiled in 6.3 s
-with regions, 3.0 s without) and would run on one thread anyway.
+With one shard (GRAPHC_SHARDS unset or 1, the default: kernels/cpu/threads.py says why) the
+graph is left unsharded: the parallel regions cost compile time (measured: a 64-128-128-10
+MLP step compiled in 6.3 s with regions, 3.0 s without) and would run on one thread anyway.
 
 A graph with anything this pass cannot split (a counter-based random op over rows, a
 product that contracts two batch axes, an index or call op without a batch rule, ...)
@@ -206,6 +206,12 @@ def node_status(graph: Graph, node: Node, status: dict[int, str]) -> tuple[str, 
 # join of the threads costs more than the update it shares.
 SPLIT_MIN_ELEMENTS = 1 << 17
 
+# Numba passes every array a parallel region uses to it as an argument, and its compile time
+# grows faster than linearly with their number: a 16-layer MLP's region took 56 s to compile
+# (about 170 arrays), a 3-layer MLP's 3 s (38). Graphs whose regions would take more arrays
+# run serially.
+MAX_REGION_ARRAYS = 64
+
 
 def splittable_update(graph: Graph, group: Group) -> bool:
     """Whether an update group is a loop over a fixed shape whose rows (axis 0) can be shared
@@ -235,7 +241,7 @@ def plan_shards(graph: Graph, groups: list[Group]) -> tuple[list[Group], ShardPl
     if shard_count() == 1:
         # nothing to run in parallel: the serial step compiles in about half the time
         return groups, ShardPlan(region=[None] * len(groups),
-                                 reason="one shard (GRAPHC_SHARDS=1, or one CPU)")
+                                 reason="one shard (GRAPHC_SHARDS unset or 1)")
     try:
         for node in graph.nodes:
             status[node.id], op = node_status(graph, node, status)
@@ -291,4 +297,25 @@ def plan_shards(graph: Graph, groups: list[Group]) -> tuple[list[Group], ShardPl
     regions = {s: r for r, s in enumerate(sorted({slot[k] for k in order if slot[k] % 2}))}
     reordered = [replace(groups[k]) for k in order]
     region = [regions.get(slot[k]) if groups[k].kind != "view" else None for k in order]
-    return reordered, ShardPlan(status, combine, region, split=[k in split for k in order])
+    plan = ShardPlan(status, combine, region, split=[k in split for k in order])
+    widest = max(region_arrays(graph, reordered, plan).values(), default=0)
+    if widest > MAX_REGION_ARRAYS:
+        return groups, ShardPlan(region=[None] * len(groups), reason=(
+            f"a parallel region would use {widest} arrays (more than {MAX_REGION_ARRAYS}: "
+            "too slow to compile)"))
+    return reordered, plan
+
+
+def region_arrays(graph: Graph, groups: list[Group], plan: ShardPlan) -> dict[int, int]:
+    """How many arrays each parallel region reads or writes: what the code generator passes
+    to it (a view of rows is taken inside, from the array it looks into)."""
+    views = {g.root: data_inputs(graph.nodes[g.root])[0] for g in groups if g.kind == "view"}
+    arrays: dict[int, set[int]] = {}
+    for group, region in zip(groups, plan.region):
+        if region is None:
+            continue
+        for nid in list(group.loads) + list(group.stores):
+            while nid in views and plan.is_row(nid):
+                nid = views[nid]
+            arrays.setdefault(region, set()).add(nid)
+    return {r: len(ids) for r, ids in arrays.items()}
