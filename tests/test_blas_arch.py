@@ -1,0 +1,66 @@
+"""Which OpenBLAS kernels graphc's matrix products run (kernels/cpu/blas_arch.py).
+
+The choice itself is environment logic (checked here with the CPU flags and environment
+replaced); its effect on speed is measured by benchmarks/run.py, not asserted. Loading
+leaves the environment as it found it, so subprocesses see the user's settings.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from kernels.cpu import blas_arch
+from kernels.cpu.threads import core_name
+
+AVX512 = set(blas_arch.SKYLAKEX_FLAGS) | {"avx2", "fma"}
+
+
+@pytest.mark.parametrize(("env", "flags", "want"), [
+    ({}, AVX512, "SkylakeX"),                                   # AVX-512 CPU, nothing set
+    ({}, {"avx2", "fma"}, None),                                # no AVX-512: OpenBLAS decides
+    ({}, AVX512 - {"avx512bw"}, None),                          # an extension missing
+    ({"OPENBLAS_CORETYPE": "Haswell"}, AVX512, None),           # the environment's choice
+    ({"GRAPHC_BLAS_CORETYPE": "SkylakeX", "OPENBLAS_CORETYPE": "Haswell"}, set(), "SkylakeX"),
+    ({"GRAPHC_BLAS_CORETYPE": "detect"}, AVX512, None),
+])
+def test_preferred_coretype(monkeypatch: pytest.MonkeyPatch, env: dict, flags: set,
+                            want: str | None) -> None:
+    for var in ("OPENBLAS_CORETYPE", "GRAPHC_BLAS_CORETYPE"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.setattr(blas_arch, "cpu_flags", lambda: flags)
+    assert blas_arch.preferred_coretype() == want
+
+
+@pytest.mark.parametrize("env", [{}, {"OPENBLAS_CORETYPE": "Haswell"},
+                                 {"GRAPHC_BLAS_CORETYPE": "detect", "OPENBLAS_CORETYPE": "Zen"}])
+def test_loading_leaves_the_environment_unchanged(monkeypatch: pytest.MonkeyPatch,
+                                                  env: dict) -> None:
+    for var in ("OPENBLAS_CORETYPE", "GRAPHC_BLAS_CORETYPE"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    before = dict(os.environ)
+    blas_arch.load_blas()
+    assert dict(os.environ) == before
+
+
+def test_a_new_process_runs_the_kernels_asked_for() -> None:
+    """GRAPHC_BLAS_CORETYPE reaches SciPy's OpenBLAS when graphc loads it first."""
+    code = ("import graphc, os; from kernels.cpu.threads import core_name; "
+            "print(core_name(), os.environ.get('OPENBLAS_CORETYPE'))")
+    env = dict(os.environ, GRAPHC_BLAS_CORETYPE="Haswell", OPENBLAS_CORETYPE="Prescott")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout.split()
+    if out[0] == "unknown":
+        pytest.skip("SciPy's OpenBLAS does not report its kernels here")
+    assert out == ["Haswell", "Prescott"]   # graphc's choice, the environment untouched
+
+
+def test_core_name_is_reported() -> None:
+    assert isinstance(core_name(), str) and core_name()
