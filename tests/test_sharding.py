@@ -4,7 +4,8 @@
    and bias gradients and the loss are partial sums, the updates global; the reordered
    groups are a topological order with every update last; graphs that cannot be split say
    why and still compile (serially).
-2. Values: for shard counts 1, 2, 3 and 5 (GRAPHC_SHARDS), with even and uneven splits,
+2. Values: every op of tests/test_compile_ops.py's table in 2 shards; for shard counts 1,
+   2, 3 and 5 (GRAPHC_SHARDS), with even and uneven splits,
    batches smaller than the shard count, two regions (batch statistics), convolutions and
    embeddings, compiled values and gradients equal the interpreter. Tolerance: float64,
    rtol 1e-12 / atol 1e-12: the shards only change the order in which partial sums over
@@ -25,6 +26,7 @@ from graphc.ir import Graph
 from graphc.passes import PIPELINE, SCHEDULE, optimize
 from graphc.passes.fusion import data_inputs
 from graphc.passes.sharding import GLOBAL, PARTIAL, ROW, ROWT
+from tests import test_compile_ops as op_table
 
 RTOL = ATOL = 1e-12
 # the module (graphc.passes.sharding, the attribute, is the pass function)
@@ -248,3 +250,40 @@ def test_regions_with_too_many_arrays_run_serially(monkeypatch: pytest.MonkeyPat
     program = scheduled(loss)
     assert not program.shards.enabled and f"{widest} arrays" in program.shards.reason
     assert_matches_interpreter(loss_and_grads(loss), batch(5))
+
+
+@pytest.mark.parametrize("shards", ["2", "3"])
+def test_batch_reductions_combine_in_shard_order(monkeypatch: pytest.MonkeyPatch,
+                                                 shards: str) -> None:
+    """sum, max and min over the batch (axis 0 and all axes) are partial results per shard,
+    combined after the region; max and min propagate NaN as the kernels do."""
+    monkeypatch.setenv("GRAPHC_SHARDS", shards)
+    g = gc.Graph("reduce", seed=0, dtype="float64")
+    x = g.input("x", (None, 4))
+    outputs = [gc.sum(x, axis=0), gc.max(x, axis=0), gc.min(x, axis=0), gc.max(x),
+               gc.min(gc.tanh(x)), gc.sum(gc.square(x))]
+    program = optimize(optimize(build_program(outputs, None, [], {}), PIPELINE), SCHEDULE)
+    assert {program.shards.combine[n] for n in program.outputs} == {"sum", "max", "min"}
+    data = np.random.default_rng(5).standard_normal((7, 4))
+    assert_matches_interpreter(outputs, {"x": data})
+    data[5, 2] = np.nan   # in the last shard
+    got = gc.compile(outputs)(x=data)
+    want = gc.evaluate(outputs, {"x": data})
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+        np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("group", list(op_table.GROUPS))
+def test_op_table_in_shards_matches_the_interpreter(monkeypatch: pytest.MonkeyPatch,
+                                                    group: str) -> None:
+    """Every op of the compiled-op table (values and gradients, batches 5 and 2, float64)
+    with 2 shards, however many arrays a region takes; the op table's own tolerances
+    (float64: 1e-12). Groups with an op that cannot split (a reshape moving the batch, a
+    gather across it) run serially, which the plan tests cover."""
+    monkeypatch.setattr(sharding_pass, "MAX_REGION_ARRAYS", 1 << 20)
+    run = op_table._run_group(group, "float64")
+    problems = [problem for name, entries in [*run.values.items(), *run.grads.items()]
+                for what, got, want in entries
+                if (problem := op_table._mismatch(got, want, "float64", f"{name} {what}"))]
+    assert not problems, "\n".join(problems)

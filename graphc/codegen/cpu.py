@@ -265,7 +265,7 @@ class StepWriter:
         lines = ["import numpy as np", "from numba import njit, prange", "", *versions,
                  "from kernels.cpu.linalg import batched_matmul",
                  "from kernels.cpu.checks import all_finite",
-                 "from kernels.cpu.shards import max_partials, min_partials, sum_partials",
+                 "from kernels.cpu.shards import extreme_partials, sum_partials",
                  *imports, "", "", *self.region_sources,
                  STEP_DECORATOR_PARALLEL if self.parallel else STEP_DECORATOR,
                  f"def step({params}):"]
@@ -364,8 +364,10 @@ class StepWriter:
         self.parallel = True
         for nid in region.partials:
             how = self.shards.combine[nid]
-            self.body.append(f"{how}_partials({self.arg('partial', nid)}, nshards, "
-                             f"{self.bind_store(nid)})")
+            call = "sum_partials(" if how == "sum" else "extreme_partials("
+            last = "" if how == "sum" else f", {how == 'max'}"
+            self.body.append(f"{call}{self.arg('partial', nid)}, nshards, "
+                             f"{self.bind_store(nid)}{last})")
 
     def bind_store(self, nid: int) -> str:
         if self.region is not None:

@@ -231,6 +231,11 @@ def splittable_update(graph: Graph, group: Group) -> bool:
     return True
 
 
+def serial(groups: list[Group], reason: str) -> tuple[list[Group], ShardPlan]:
+    """The groups as they are, every one serial, and why."""
+    return groups, ShardPlan(region=[None] * len(groups), reason=reason)
+
+
 def plan_shards(graph: Graph, groups: list[Group]) -> tuple[list[Group], ShardPlan]:
     """The groups reordered into serial slots and parallel regions, and the plan.
 
@@ -240,15 +245,14 @@ def plan_shards(graph: Graph, groups: list[Group]) -> tuple[list[Group], ShardPl
     combine: dict[int, str] = {}
     if shard_count() == 1:
         # nothing to run in parallel: the serial step compiles in about half the time
-        return groups, ShardPlan(region=[None] * len(groups),
-                                 reason="one shard (GRAPHC_SHARDS unset or 1)")
+        return serial(groups, "one shard (GRAPHC_SHARDS unset or 1)")
     try:
         for node in graph.nodes:
             status[node.id], op = node_status(graph, node, status)
             if op:
                 combine[node.id] = op
     except UnshardableError as why:
-        return groups, ShardPlan(region=[None] * len(groups), reason=str(why))
+        return serial(groups, str(why))
     if not any(s != GLOBAL for s in status.values()):
         return groups, ShardPlan(status, combine, [None] * len(groups),
                                  reason="no input has a batch axis")
@@ -273,11 +277,9 @@ def plan_shards(graph: Graph, groups: list[Group]) -> tuple[list[Group], ShardPl
     for k, g in enumerate(groups):
         sharded = any(status[n] != GLOBAL for n in g.nodes)
         if sharded and g.phase == 3:
-            return groups, ShardPlan(region=[None] * len(groups),
-                                     reason=f"an update reads the batch ({g.kind} group)")
+            return serial(groups, f"an update reads the batch ({g.kind} group)")
         if sharded and any(status[n] == GLOBAL for n in g.stores):
-            return groups, ShardPlan(region=[None] * len(groups),
-                                     reason=f"a {g.kind} group mixes batch and fixed values")
+            return serial(groups, f"a {g.kind} group mixes batch and fixed values")
         deps = [ready_after(i) for i in g.loads]
         if g.kind == "view" and sharded:
             # a view of rows costs nothing: the code generator binds it where it is used
@@ -300,7 +302,7 @@ def plan_shards(graph: Graph, groups: list[Group]) -> tuple[list[Group], ShardPl
     plan = ShardPlan(status, combine, region, split=[k in split for k in order])
     widest = max(region_arrays(graph, reordered, plan).values(), default=0)
     if widest > MAX_REGION_ARRAYS:
-        return groups, ShardPlan(region=[None] * len(groups), reason=(
+        return serial(groups, (
             f"a parallel region would use {widest} arrays (more than {MAX_REGION_ARRAYS}: "
             "too slow to compile)"))
     return reordered, plan

@@ -24,28 +24,15 @@ def sum_partials(parts: np.ndarray, count: int, out: np.ndarray) -> None:
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
-def max_partials(parts: np.ndarray, count: int, out: np.ndarray) -> None:
-    """Elementwise maximum over the first `count` shards; NaN wins, as in the kernels."""
+def extreme_partials(parts: np.ndarray, count: int, out: np.ndarray, largest: bool) -> None:
+    """Elementwise maximum (`largest`) or minimum over the first `count` shards; NaN wins,
+    as in the reduction kernels."""
     p = parts.reshape((parts.shape[0], -1))
     o = out.reshape(-1)
     for j in range(o.size):
         acc = p[0, j]
         for s in range(1, count):
             v = p[s, j]
-            if v > acc or v != v:
-                acc = v
-        o[j] = acc
-
-
-@njit(cache=True, nogil=True, boundscheck=False)
-def min_partials(parts: np.ndarray, count: int, out: np.ndarray) -> None:
-    """Elementwise minimum over the first `count` shards; NaN wins, as in the kernels."""
-    p = parts.reshape((parts.shape[0], -1))
-    o = out.reshape(-1)
-    for j in range(o.size):
-        acc = p[0, j]
-        for s in range(1, count):
-            v = p[s, j]
-            if v < acc or v != v:
+            if (v > acc if largest else v < acc) or v != v:
                 acc = v
         o[j] = acc
