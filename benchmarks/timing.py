@@ -133,11 +133,48 @@ def sgemm_peak(sizes: tuple[int, ...] = (1024, 2048), reps: int = 7) -> dict[str
     return res
 
 
+def graphc_sgemm_peak(sizes: tuple[int, ...] = (1024, 2048), reps: int = 7) -> dict[str, Any]:
+    """The same products on the BLAS graphc's compiled steps call (Numba's ``np.dot`` on
+    SciPy's OpenBLAS, with graphc's kernel choice and all its threads): GFLOP/s under the
+    keys ``"graphc <n>"`` and ``"graphc peak"``, and the kernel set under
+    ``"graphc kernels"``. Empty if graphc cannot be imported."""
+    try:
+        from numba import njit
+
+        import graphc  # noqa: F401  (loads SciPy's OpenBLAS with graphc's kernels)
+        from kernels.cpu.threads import MAX_THREADS, core_name, set_blas_threads
+    except ImportError:
+        return {}
+
+    @njit(nogil=True)
+    def product(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> None:
+        np.dot(a, b, c)
+
+    set_blas_threads(MAX_THREADS)
+    res: dict[str, Any] = {}
+    rng = np.random.default_rng(0)
+    for n in sizes:
+        a = rng.standard_normal((n, n), dtype=np.float32)
+        b = rng.standard_normal((n, n), dtype=np.float32)
+        c = np.empty((n, n), dtype=np.float32)
+        product(a, b, c)
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            product(a, b, c)
+            times.append(time.perf_counter() - t0)
+        res[f"graphc {n}"] = 2.0 * n**3 / statistics.median(times) / 1e9
+    res["graphc peak"] = max(res.values())
+    res["graphc kernels"] = core_name()
+    return res
+
+
 if __name__ == "__main__":
     import json
     import sys
 
     with BackgroundLoad() as _load:
-        _res = sgemm_peak()
+        _res: dict[str, Any] = sgemm_peak()
+        _res.update(graphc_sgemm_peak())
     _res["background_cpus"] = _load.cpus if _load.cpus is not None else float("nan")
     sys.stdout.write(json.dumps(_res) + "\n")

@@ -23,7 +23,8 @@ AVX512 = set(blas_arch.SKYLAKEX_FLAGS) | {"avx2", "fma"}
     ({}, AVX512, "SkylakeX"),                                   # AVX-512 CPU, nothing set
     ({}, {"avx2", "fma"}, None),                                # no AVX-512: OpenBLAS decides
     ({}, AVX512 - {"avx512bw"}, None),                          # an extension missing
-    ({"OPENBLAS_CORETYPE": "Haswell"}, AVX512, None),           # the environment's choice
+    ({"OPENBLAS_CORETYPE": "Haswell"}, AVX512, "SkylakeX"),     # graphc's choice, not numpy's
+    ({"GRAPHC_BLAS_CORETYPE": "env", "OPENBLAS_CORETYPE": "Haswell"}, AVX512, None),
     ({"GRAPHC_BLAS_CORETYPE": "SkylakeX", "OPENBLAS_CORETYPE": "Haswell"}, set(), "SkylakeX"),
     ({"GRAPHC_BLAS_CORETYPE": "detect"}, AVX512, None),
 ])
@@ -60,6 +61,42 @@ def test_a_new_process_runs_the_kernels_asked_for() -> None:
     if out[0] == "unknown":
         pytest.skip("SciPy's OpenBLAS does not report its kernels here")
     assert out == ["Haswell", "Prescott"]   # graphc's choice, the environment untouched
+
+
+def test_env_follows_openblas_coretype() -> None:
+    code = "import graphc; from kernels.cpu.threads import core_name; print(core_name())"
+    env = dict(os.environ, GRAPHC_BLAS_CORETYPE="env", OPENBLAS_CORETYPE="Sandybridge")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout.split()
+    if out[0] == "unknown":
+        pytest.skip("SciPy's OpenBLAS does not report its kernels here")
+    assert out == ["Sandybridge"]
+
+
+def test_scipy_linalg_imported_later_is_whole() -> None:
+    """graphc loads scipy.linalg.cython_blas without running scipy.linalg's __init__; a
+    later `import scipy.linalg` still binds the submodule and works."""
+    code = (
+        "import sys, numpy as np, graphc\n"
+        "assert 'scipy.linalg' not in sys.modules\n"
+        "import scipy.linalg\n"
+        "import scipy.linalg.cython_blas as cb\n"
+        "assert scipy.linalg.cython_blas is cb is sys.modules['scipy.linalg.cython_blas']\n"
+        "assert np.allclose(scipy.linalg.inv(np.diag([2.0, 4.0])), np.diag([0.5, 0.25]))\n"
+        "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_scipy_linalg_imported_first_is_used() -> None:
+    code = ("import scipy.linalg, graphc\n"
+            "from kernels.cpu.blas_arch import import_cython_blas\n"
+            "assert import_cython_blas() is scipy.linalg.cython_blas\n"
+            "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
 
 
 def test_core_name_is_reported() -> None:

@@ -546,7 +546,7 @@ class StepWriter:
                                                       operands, stores)
         else:
             stores = [self.bind_store(n) for n in group.stores if n not in in_place]
-        args = sizes + operands + stores
+        args = [non_literal(size) for size in sizes] + operands + stores
         packs = pack_arguments(args)
         if packs is not None:
             args = [f"({', '.join(pack)},)" for pack in packs]
@@ -584,6 +584,14 @@ STEP_DECORATOR_PARALLEL = (
 # f(*tuple), which Numba cannot inline ("Calling a closure with *args is unsupported"): a
 # kernel with more operands takes them packed in tuples of at most this many.
 MAX_CALL_ARGS = 30
+
+
+def non_literal(size: str) -> str:
+    """A size argument as the step passes it to a kernel. Numba compiles a jitted function
+    that jitted code calls with a constant once per value of the constant (the kernel shared
+    by two parameters of shapes (64, 128) and (128, 128) compiled twice): a fixed size goes
+    as an `np.int64`, typed as any other int64."""
+    return f"np.int64({size})" if size.isdigit() else size
 
 
 def pack_arguments(names: list[str]) -> list[list[str]] | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 from numba import njit
 
 
@@ -10,20 +9,13 @@ from numba import njit
 def all_finite(a):  # type: ignore[no-untyped-def]
     """Whether every element of float array `a` is finite.
 
-    Tests the exponent bits of the integer view (all ones = Inf or NaN): exact, and an
-    integer OR-reduction vectorises without fast-math flags (under which `x - x` or `x * 0`
-    tricks are folded to 0 and miss every NaN).
+    `v - v` is 0 for every finite `v` and NaN for NaN and +-Inf (this kernel is compiled
+    without fast-math flags, under which it would fold to 0). OR-ing the comparisons is an
+    integer reduction, which vectorises as it is, and compiles far faster than a bit view.
     """
-    flat = np.ascontiguousarray(a).ravel()
-    if flat.itemsize == 4:
-        bits32 = flat.view(np.uint32)
-        bad32 = np.uint32(0)
-        for x in bits32:
-            bad32 |= np.uint32((x & np.uint32(0x7F800000)) == np.uint32(0x7F800000))
-        return bad32 == 0
-    bits64 = flat.view(np.uint64)
-    bad64 = np.uint64(0)
-    mask = np.uint64(0x7FF0000000000000)
-    for x in bits64:
-        bad64 |= np.uint64((x & mask) == mask)
-    return bad64 == 0
+    flat = a.ravel()
+    bad = 0
+    for i in range(flat.size):
+        v = flat[i]
+        bad |= (v - v) != 0
+    return bad == 0

@@ -11,6 +11,8 @@ import ctypes
 import glob
 import os
 
+from kernels.cpu.blas_arch import import_cython_blas
+
 _SETTERS = ("scipy_openblas_set_num_threads", "openblas_set_num_threads")
 _GETTERS = ("scipy_openblas_get_num_threads", "openblas_get_num_threads")
 _CORENAMES = ("scipy_openblas_get_corename", "openblas_get_corename")
@@ -18,11 +20,10 @@ _CORENAMES = ("scipy_openblas_get_corename", "openblas_get_corename")
 
 def _library() -> ctypes.CDLL | None:
     """SciPy's OpenBLAS (the copy Numba's `np.dot` calls), or None."""
-    try:
-        import scipy
-        import scipy.linalg.cython_blas
-    except ImportError:
+    if import_cython_blas() is None:
         return None
+    import scipy
+
     libs = os.path.join(os.path.dirname(os.path.dirname(scipy.__file__)), "scipy.libs")
     for path in sorted(glob.glob(os.path.join(libs, "libscipy_openblas*.so*"))):
         try:
