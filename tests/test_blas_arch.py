@@ -51,23 +51,28 @@ def test_loading_leaves_the_environment_unchanged(monkeypatch: pytest.MonkeyPatc
     assert dict(os.environ) == before
 
 
+def run_python(code: str, **env: str) -> list[str]:
+    """The words a new Python process running `code` prints, with `env` added to ours."""
+    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, **env),
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()
+
+
+CORE_NAME = "import graphc, os; from kernels.cpu.threads import core_name; print(core_name())"
+
+
 def test_a_new_process_runs_the_kernels_asked_for() -> None:
     """GRAPHC_BLAS_CORETYPE reaches SciPy's OpenBLAS when graphc loads it first."""
-    code = ("import graphc, os; from kernels.cpu.threads import core_name; "
-            "print(core_name(), os.environ.get('OPENBLAS_CORETYPE'))")
-    env = dict(os.environ, GRAPHC_BLAS_CORETYPE="Haswell", OPENBLAS_CORETYPE="Prescott")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                         text=True, check=True).stdout.split()
+    code = CORE_NAME[:-1] + ", os.environ.get('OPENBLAS_CORETYPE'))"
+    out = run_python(code, GRAPHC_BLAS_CORETYPE="Haswell", OPENBLAS_CORETYPE="Prescott")
     if out[0] == "unknown":
         pytest.skip("SciPy's OpenBLAS does not report its kernels here")
     assert out == ["Haswell", "Prescott"]   # graphc's choice, the environment untouched
 
 
 def test_env_follows_openblas_coretype() -> None:
-    code = "import graphc; from kernels.cpu.threads import core_name; print(core_name())"
-    env = dict(os.environ, GRAPHC_BLAS_CORETYPE="env", OPENBLAS_CORETYPE="Sandybridge")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                         text=True, check=True).stdout.split()
+    out = run_python(CORE_NAME, GRAPHC_BLAS_CORETYPE="env", OPENBLAS_CORETYPE="Sandybridge")
     if out[0] == "unknown":
         pytest.skip("SciPy's OpenBLAS does not report its kernels here")
     assert out == ["Sandybridge"]
@@ -76,27 +81,22 @@ def test_env_follows_openblas_coretype() -> None:
 def test_scipy_linalg_imported_later_is_whole() -> None:
     """graphc loads scipy.linalg.cython_blas without running scipy.linalg's __init__; a
     later `import scipy.linalg` still binds the submodule and works."""
-    code = (
+    assert run_python(
         "import sys, numpy as np, graphc\n"
         "assert 'scipy.linalg' not in sys.modules\n"
         "import scipy.linalg\n"
         "import scipy.linalg.cython_blas as cb\n"
         "assert scipy.linalg.cython_blas is cb is sys.modules['scipy.linalg.cython_blas']\n"
         "assert np.allclose(scipy.linalg.inv(np.diag([2.0, 4.0])), np.diag([0.5, 0.25]))\n"
-        "print('ok')\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "ok"
+        "print('ok')\n") == ["ok"]
 
 
 def test_scipy_linalg_imported_first_is_used() -> None:
-    code = ("import scipy.linalg, graphc\n"
-            "from kernels.cpu.blas_arch import import_cython_blas\n"
-            "assert import_cython_blas() is scipy.linalg.cython_blas\n"
-            "print('ok')\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "ok"
+    assert run_python(
+        "import scipy.linalg, graphc\n"
+        "from kernels.cpu.blas_arch import import_cython_blas\n"
+        "assert import_cython_blas() is scipy.linalg.cython_blas\n"
+        "print('ok')\n") == ["ok"]
 
 
 def test_core_name_is_reported() -> None:
