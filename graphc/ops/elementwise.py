@@ -103,6 +103,8 @@ _rsqrt = defop("rsqrt", "elementwise", _unary_float, _rsqrt_ref, arity=1,
                vjp=lambda g, out, x, needs: (g * (out * out * out) * -0.5,))
 _tanh = defop("tanh", "elementwise", _unary_float, np.tanh, arity=1, scalar="_tanh({0})",
               vjp=lambda g, out, x, needs: (g * (1 - out * out),))
+
+
 def _expit_ref(x: np.ndarray) -> np.ndarray:
     from scipy.special import expit  # imported on first use: 25 ms off `import graphc`
 
