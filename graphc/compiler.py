@@ -13,14 +13,17 @@ import numpy as np
 
 from graphc.autodiff import grad
 from graphc.codegen import backends
+from graphc.codegen.build import compile_modules
 from graphc.codegen.cache import CacheStats, load_module, purge, write_module
-from graphc.codegen.cpu import StepWriter
+from graphc.codegen.cpu import ProgramWriter
+from graphc.codegen.cpu_fused import StepWriter
 from graphc.errors import GraphError, user_location
 from graphc.ir import Graph, as_values, building_gradient, format_shape, is_float
 from graphc.optim import Optimizer
 from graphc.passes import SCHEDULE, SCHEDULE_CUDA, optimize
 from graphc.passes.mode import apply_view
 from graphc.runtime import CompiledFunction, CompileReport
+from graphc.runtime_cpu import ProgramFunction
 
 TARGETS = ("cpu", "cuda")
 
@@ -98,6 +101,37 @@ def compile(  # noqa: A001 - the framework's verb
         fn.compile_args = (outputs, optimizer, fetch, training)
         return fn
 
+    if program.shards is not None and program.shards.enabled:
+        fn = _compile_fused(program, report, optimizer, single, values[0].graph)
+    else:
+        fn = _compile_program(program, report, optimizer, single, values[0].graph)
+    fn.compile_args = (outputs, optimizer, fetch, training)
+    return fn
+
+
+def _compile_program(program: Graph, report: CompileReport, optimizer: Optimizer | None,
+                     single: bool, user_graph: Graph) -> CompiledFunction:
+    """The CPU step as a program of kernel calls (graphc/codegen/cpu.py)."""
+    timings = report.phases
+    start = time.perf_counter()
+    stats = CacheStats()
+    code = ProgramWriter(program, program.groups, program.memory, stats).write()
+    timings["codegen"] = time.perf_counter() - start
+    report.kernels = len(code.instructions)
+    report.unique_kernels = len(code.modules)
+    report.cache_written, report.cache_reused = stats.written, stats.reused
+    report.cache_repaired = stats.repaired
+    addresses, workers = compile_modules(code.modules, timings)
+    report.compile_workers = workers
+    return ProgramFunction(program, code, addresses, report, optimizer, single, user_graph)
+
+
+def _compile_fused(program: Graph, report: CompileReport, optimizer: Optimizer | None,
+                   single: bool, user_graph: Graph) -> CompiledFunction:
+    """A batch-sharded CPU step: one njit function with parallel regions
+    (graphc/codegen/cpu_fused.py)."""
+    timings = report.phases
+    groups, memory = program.groups, program.memory
     start = time.perf_counter()
     stats = CacheStats()
     writer = StepWriter(program, groups, memory, stats)
@@ -113,10 +147,8 @@ def compile(  # noqa: A001 - the framework's verb
     step_fn, rebuilt = _load_step(writer, step_module, step_path, program)
     report.cache_repaired += rebuilt
     timings["numba compile / cache load"] = time.perf_counter() - start
-    fn = CompiledFunction(program, step_fn, writer, report, optimizer, single,
-                          values[0].graph, step_source, step_path, memory.slot)
-    fn.compile_args = (outputs, optimizer, fetch, training)
-    return fn
+    return CompiledFunction(program, step_fn, writer, report, optimizer, single,
+                            user_graph, step_source, step_path, memory.slot)
 
 
 def _signature(writer: StepWriter, program: Graph) -> tuple:

@@ -34,6 +34,7 @@ class CompileReport:
     nodes_before: int = 0
     nodes_after: int = 0
     sharding: str = ""   # how the batch is split over threads, or why it is not
+    compile_workers: int = 0   # processes beside this one that compiled kernels
 
     @property
     def total(self) -> float:

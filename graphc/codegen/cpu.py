@@ -1,318 +1,386 @@
-"""CPU code generation: fusion groups -> Python source for `numba.njit`.
+"""CPU code generation: fusion groups -> a program of kernel calls (kernels/cpu/program.py).
 
-Each loop group becomes one kernel function in a file named by the hash of its source, so
-structurally identical kernels (the optimizer update of every parameter of one shape, the
-same bias-add in two graphs) are compiled once. The step function, one njit entry for the
-whole program, calls the kernels and BLAS in order. Rank-0 values live in 1-element arrays.
+Every fusion group becomes an instruction: a kernel (a `numba.cfunc` generated as Python
+source) and its argument block, described here symbolically (sizes of nodes, addresses and
+strides of arrays) and filled in by the runtime for each combination of feed shapes.
+
+A kernel's source says only what it computes: ops, dtypes, which operands are strided, and
+the versions of the library code it calls, never node ids, names or the user's lines. Its
+file is named by the hash of that source, so the same computation is one file, compiled once,
+for every layer, graph and script that needs it (an edit of the user's script that leaves the
+graph alone, a renamed script, another model made of the same layers). What each instruction
+does for the user's program (nodes, their lines) is the program's listing, `step.source`.
+
+Views (transpose, slice, reshape) cost nothing: an operand is read in place through its
+strides. A kernel that needs contiguous operands (matrix products, gathers, library calls)
+gets a copy of a strided one, made by a copy instruction into a scratch buffer.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import re
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 
+import graphc
 from graphc.codegen.cache import CacheStats, write_module
+from graphc.codegen.common import (
+    CTOR,
+    Kernel,
+    kernel_library_version,
+    literal,
+    module_digest,
+    scalar_expr,
+)
+from graphc.errors import short_location
 from graphc.ir import Graph, Node, format_shape
 from graphc.ops import OPS
-from graphc.passes.fusion import BROADCASTS, Group, data_inputs, describe_group
+from graphc.passes.fusion import Group, data_inputs, describe_group
 from graphc.passes.memory import MemoryPlan
+from kernels.cpu.program import library_digest
 
 FASTMATH = "{'reassoc', 'nsz', 'contract'}"
-# A kernel the step calls once is inlined into it: one function compiles faster than a step
-# calling separately compiled kernels (measured 2.6 s vs 4.1 s cold for a 64-128-10 MLP). A
-# kernel called several times (the same layer repeated, the same optimizer update) is compiled
-# once and called (a 16-layer tanh MLP: 8.2 s instead of 16.3 s inlining every call).
-# Kernels are called only from the step: no wrappers for calls from Python or from C.
-_DECORATOR = ("@njit(cache=True, nogil=True, INLINE"
-              f"fastmath={FASTMATH}, error_model='numpy', boundscheck=False, "
-              "no_cpython_wrapper=True, no_cfunc_wrapper=True)")
-KERNEL_DECORATOR = "@@KERNEL_DECORATOR@@"
-_MATH = ("exp", "log", "tanh", "sigmoid", "sqrt", "erf", "pow")
-_CTOR = {"float32": "np.float32", "float64": "np.float64", "int8": "np.int8",
-         "int16": "np.int16", "int32": "np.int32", "int64": "np.int64", "uint8": "np.uint8",
-         "uint16": "np.uint16", "uint32": "np.uint32", "uint64": "np.uint64",
-         "bool": "np.bool_"}
-
-
-def _kernel_library_version() -> str:
-    """Hash of the hand-written scalar kernels generated code calls: a change to them must
-    change every generated file (Numba's cache does not track callees)."""
-    import kernels.cpu.fastmath as fm
-    import kernels.cpu.rng as rng
-    import kernels.cpu.scalar as sc
-
-    digest = hashlib.sha256()
-    for mod in (fm, sc, rng):
-        with open(mod.__file__, "rb") as f:
-            digest.update(f.read())
-    return digest.hexdigest()[:16]
-
-
-KERNEL_PRELUDE = """import math
+_DECORATOR = {
+    # loops: reassociation lets reductions vectorise; NaN and Inf still propagate
+    "loop": f"@cfunc(KERNEL_SIGNATURE, cache=True, fastmath={FASTMATH}, "
+            "error_model='numpy', boundscheck=False)",
+    # everything else: exact arithmetic (the finiteness check relies on v - v != 0)
+    "exact": "@cfunc(KERNEL_SIGNATURE, cache=True, error_model='numpy', boundscheck=False)",
+}
+PRELUDE = """import math
 
 import numpy as np
-from numba import njit
+from numba import carray, cfunc
 
-from kernels.cpu.rng import dropout_keep
+from kernels.cpu.program import KERNEL_SIGNATURE, address, strided
+"""
+LOOP_IMPORTS = """from kernels.cpu.rng import dropout_keep
 from kernels.cpu.scalar import (
     erf_f32, erf_f64, exp_f32, exp_f64, log_f32, log_f64, pow_f32, pow_f64, sigmoid_f32,
     sigmoid_f64, sqrt_f32, sqrt_f64, tanh_f32, tanh_f64,
 )
 """
 
-
-def literal(value: np.ndarray, dtype: str) -> str:
-    v = value.reshape(()).item()
-    if dtype == "bool":
-        return "True" if v else "False"
-    if isinstance(v, float):
-        if np.isnan(v):
-            text = "np.nan"
-        elif np.isinf(v):
-            text = "np.inf" if v > 0 else "-np.inf"
-        else:
-            text = repr(v)
-    else:
-        text = repr(int(v))
-    return f"{_CTOR[dtype]}({text})"
-
-
-def _scalar_expr(node: Node, operands: list[str], graph: Graph, flat: str = "0") -> str:
-    if node.op in BROADCASTS:
-        return operands[0]
-    op = OPS[node.op]
-    template = op.scalar or ""
-    source_dtype = graph.nodes[node.inputs[0]].dtype if node.inputs else node.dtype
-    suffix = "_f64" if source_dtype == "float64" else "_f32"
-    for name in _MATH:
-        template = template.replace(f"_{name}(", f"{name}{suffix}(")
-    if node.op == "pow":
-        template = f"pow{suffix}({{0}}, {{1}})"
-    attrs = {k: v for k, v in node.attrs.items() if k != "dtype"}
-    return template.format(*operands, T=_CTOR[node.dtype], _flat=flat, **attrs)
+# A reference to an array the runtime resolves for each feed-shape combination:
+#   ("node", nid)               the node's value (leaf, pool buffer, or a view of one)
+#   ("copy", nid)               a contiguous scratch copy of the node's value
+#   ("bcast", nid, out)         a contiguous copy broadcast to `out`'s batch axes
+#   ("part", ref, index)        a static slice ((start, stop, step) per axis) of another
+Ref = tuple
 
 
 @dataclass
-class Region:
-    """A parallel region being written: the groups of one slot of the shard plan, run by
-    every shard on its rows. `names` binds row values to the shard's slices of them."""
+class Instruction:
+    """One call in the program: kernel `kernel` on a block of `args` entries:
+    ("int", v), ("size", nid, axis), ("count", nid), ("batch", nid, axes) (product of those
+    run-time sizes), ("addr", ref), ("strides", ref) (one entry per axis, in bytes)."""
 
-    index: int
-    lines: list[str] = field(default_factory=list)
-    names: dict[int, str] = field(default_factory=dict)
-    partials: list[int] = field(default_factory=list)
+    kernel: Kernel
+    args: list[tuple]
+    nodes: list[int]
+    what: str
+    check: bool = False
 
 
 @dataclass
-class Kernel:
-    """One generated kernel: its source, the file it lives in, and what it computes."""
+class Program:
+    """The instructions of a CPU step and what the runtime needs to run them."""
 
-    group: Group
-    name: str
-    source: str
-    module: str = ""
-    path: str = ""
-    nodes: list[int] = field(default_factory=list)
-    lines: list[str] = field(default_factory=list)
+    instructions: list[Instruction]
+    kernels: list[Kernel]                    # one per instruction, unique sources shared
+    view_sources: dict[int, Ref]             # a reshape of a copied (strided) value
+    outputs: list[Ref]
+    listing: str = ""
+    modules: list[tuple[str, str]] = field(default_factory=list)   # unique (module, path)
 
 
-class StepWriter:
-    """Builds the step function and the kernels it calls."""
+def _version_line() -> str:
+    return (f"# graphc {graphc.__version__}, numba {numba.__version__}, "
+            f"program library {library_digest()}")
+
+
+def _carray(name: str, position: str, shape: str, dtype: str) -> str:
+    return f"{name} = carray(address(a[{position}]), {shape}, {CTOR[dtype]})"
+
+
+def _tuple(items: list[str]) -> str:
+    return "(" + ", ".join(items) + ",)" if items else "(1,)"
+
+
+class ProgramWriter:
+    """Builds the program of a scheduled graph and the sources of its kernels."""
 
     def __init__(self, graph: Graph, groups: list[Group], memory: MemoryPlan,
                  stats: CacheStats | None = None) -> None:
-        self.stats = stats
         self.graph = graph
         self.groups = groups
         self.memory = memory
-        self.args: list[tuple[str, object]] = []   # (kind, key) per array argument
-        self.arg_index: dict[tuple[str, object], int] = {}
-        self.size_slots: list[tuple[int, int]] = []  # (node id, axis) per sizes[] entry
-        self.size_index: dict[tuple[int, int], int] = {}
-        self.names: dict[int, str] = {}
-        self.kernels: list[Kernel] = []
-        self.body: list[str] = []
+        self.stats = stats
+        self.instructions: list[Instruction] = []
         self.contiguous: dict[int, bool] = {}
-        self.call_imports: set[str] = set()   # library kernels of "call" groups
-        self.call_digests: dict[str, str] = {}
-        self.shards = graph.shards if graph.shards is not None and graph.shards.enabled \
-            else None
-        self.region: Region | None = None
-        self.region_sources: list[str] = []
-        self.lazy_views: set[int] = set()   # views of row values, bound where they are used
-        self.split = False   # the group being written shares its rows out among the shards
-        self.parallel = False   # the step has parallel regions
+        self.refs: dict[int, Ref] = {}
+        self.view_sources: dict[int, Ref] = {}
+        self.copies: dict[Ref, Ref] = {}
+        self.sources: dict[str, Kernel] = {}
+        self.kernels: list[Kernel] = []
 
-    # -- naming ---------------------------------------------------------------------
-    def arg(self, kind: str, key: object) -> str:
-        k = (kind, key)
-        if k not in self.arg_index:
-            self.arg_index[k] = len(self.args)
-            self.args.append(k)
-        return f"a{self.arg_index[k]}"
+    # -- arrays -------------------------------------------------------------------------
+    def ref(self, nid: int) -> Ref:
+        return self.refs.get(nid, ("node", nid))
 
-    def dim(self, nid: int, axis: int) -> str:
-        d = self.graph.nodes[nid].shape[axis]
-        if d is not None:
-            return str(d)
-        key = (nid, axis)
-        if key not in self.size_index:
-            self.size_index[key] = len(self.size_slots)
-            self.size_slots.append(key)
-        # in a parallel region, the sizes of the shard (its rows on batch axes)
-        table = "sizes" if self.region is None else "ssz"
-        return f"{table}[{self.size_index[key]}]"
+    def is_contiguous(self, nid: int) -> bool:
+        return self.contiguous.get(nid, True)
 
-    def shape_tuple(self, nid: int) -> str:
-        node = self.graph.nodes[nid]
-        if not node.shape:
-            return "(1,)"
-        dims = [self.dim(nid, a) for a in range(len(node.shape))]
-        return "(" + ", ".join(dims) + ",)"
+    def contiguous_ref(self, nid: int) -> Ref:
+        """A C-contiguous array holding `nid`'s value: its own, or a copy made now."""
+        if self.is_contiguous(nid):
+            return self.ref(nid)
+        return self.copy_of(nid, ("copy", nid))
 
-    def value(self, nid: int) -> str:
-        """The name of a node's array where code is being written (in a parallel region,
-        the shard's rows of a row value), binding leaves and views on first use."""
-        if self.region is not None and self.shards.is_row(nid):
-            local = self.region.names.get(nid)
-            if local is None:
-                if nid in self.lazy_views:
-                    self.emit_view(self.graph.nodes[nid])
-                    return self.region.names[nid]
-                local = f"{self.full_value(nid)}_s"
-                self.body.append(f"{local} = {self.full_value(nid)}[lo:hi]")
-                self.region.names[nid] = local
-            return local
-        return self.full_value(nid)
+    def copy_of(self, nid: int, target: Ref) -> Ref:
+        if target not in self.copies:
+            self.emit_copy(self.ref(nid), target, nid, [nid])
+            self.copies[target] = target
+        return target
 
-    def full_value(self, nid: int) -> str:
-        """The step-level name of a node's whole array."""
-        if nid in self.names:
-            return self.names[nid]
-        if nid in self.lazy_views:
-            region, self.region = self.region, None
-            body, self.body = self.body, self.step_body if region is not None else self.body
-            try:
-                self.emit_view(self.graph.nodes[nid])
-            finally:
-                self.region, self.body = region, body
-            return self.names[nid]
-        node = self.graph.nodes[nid]
-        if node.op == "input":
-            name = self.arg("feed", node.name)
-        elif node.op in ("param", "state"):
-            name = self.arg(node.op, node.name)
-        elif node.op == "const":
-            name = self.arg("const", nid)
-        else:
-            raise KeyError(nid)
-        self.names[nid] = name
-        self.contiguous[nid] = True
-        return name
-
-    # -- whole step -------------------------------------------------------------------
-    def write(self) -> str:
-        regions = self.shards.region if self.shards is not None else [None] * len(self.groups)
-        split = self.shards.split if self.shards is not None else [False] * len(self.groups)
+    # -- the program --------------------------------------------------------------------
+    def write(self) -> Program:
         outputs_left = sum(1 for g in self.groups if g.phase == 1)
         loss_checked = gradients_checked = False
-        for group, region, shared_rows in zip(self.groups, regions, split):
-            self.split = shared_rows
-            if self.shards is not None and group.kind == "view" \
-                    and self.shards.is_row(group.root):
-                self.lazy_views.add(group.root)
-                outputs_left -= group.phase == 1
-                continue
-            if self.region is not None and region != self.region.index:
-                self.close_region()
-            # the loss check runs once every output is computed, outside parallel regions
-            if not loss_checked and outputs_left == 0 and self.region is None:
-                self.emit_check()
+        for group in self.groups:
+            if not loss_checked and outputs_left == 0:
+                self.emit_loss_check()
                 loss_checked = True
             if group.phase == 3 and not gradients_checked:
                 self.emit_gradient_check()
                 gradients_checked = True
-            if region is not None and self.region is None:
-                self.open_region(region)
             self.emit_group(group)
             outputs_left -= group.phase == 1
-        if self.region is not None:
-            self.close_region()
         if not loss_checked:
-            self.emit_check()
+            self.emit_loss_check()
         for name, nid in self.graph.updates:
             if nid not in self.memory.inplace:
-                kind = "param" if name in self.graph.param_values else "state"
-                self.body.append(f"{self.arg(kind, name)}[...] = {self.value(nid)}"
-                                 if self.graph.nodes[nid].shape else
-                                 f"{self.arg(kind, name)}[0] = {self.value(nid)}[0]")
-        for k, nid in enumerate(self.graph.outputs):
-            self.body.append(f"out{k} = {self.value(nid)}")
-        outs = "".join(f"out{k}, " for k in range(len(self.graph.outputs)))
-        self.body.append(f"return True, ({outs})")
+                leaf = self.graph._names[name]
+                self.emit_copy(self.ref(nid), ("node", leaf), nid, [nid])
+        outputs = [self.output_ref(nid) for nid in self.graph.outputs]
         self.write_kernel_files()
-        params = ", ".join([f"a{i}" for i in range(len(self.args))] +
-                           ["sizes", "check", "nshards", "bounds", "shard_sizes"])
-        imports = sorted({f"from {k.module} import kernel as {k.name}" for k in self.kernels}
-                         | self.call_imports)
-        # library modules the step calls (Numba's cache of the step does not track them)
-        versions = [f"# {m} sha256 {_module_digest(m)}"
-                    for m in ("kernels.cpu.linalg", "kernels.cpu.checks")]
-        versions += [f"# kernels.cpu.shards sha256 {_module_digest('kernels.cpu.shards')}"
-                     ] if self.region_sources else []
-        lines = ["import numpy as np", "from numba import njit, prange", "", *versions,
-                 "from kernels.cpu.linalg import batched_matmul",
-                 "from kernels.cpu.checks import all_finite",
-                 "from kernels.cpu.shards import extreme_partials, sum_partials",
-                 *imports, "", "", *self.region_sources,
-                 STEP_DECORATOR_PARALLEL if self.parallel else STEP_DECORATOR,
-                 f"def step({params}):"]
-        lines += ["    " + line for line in self.body]
-        return "\n".join(lines) + "\n"
+        program = Program(self.instructions, self.kernels, self.view_sources, outputs)
+        program.listing = self.listing()
+        program.modules = sorted({(k.module, k.path) for k in self.kernels})
+        return program
+
+    def output_ref(self, nid: int) -> Ref:
+        """Outputs are read after the step: they must live in the step's own buffers, not
+        in a feed (its memory is the caller's) nor in a parameter the update overwrites."""
+        root = nid
+        while root in self.memory.alias:
+            root = self.memory.alias[root]
+        if self.graph.nodes[root].op in ("input", "param", "state", "const"):
+            return self.copy_of(nid, ("copy", nid))
+        return self.ref(nid)
+
+    def kernel(self, source: str, group: Group | None, nodes: list[int]) -> Kernel:
+        kernel = Kernel(group or Group("call", list(nodes), 0), f"k{len(self.kernels)}",
+                        source, nodes=list(nodes))
+        kernel.lines = sorted({self.graph.nodes[n].where for n in nodes})
+        self.kernels.append(kernel)
+        return kernel
+
+    def add(self, source: str, args: list[tuple], nodes: list[int], what: str,
+            group: Group | None = None, check: bool = False) -> Instruction:
+        instruction = Instruction(self.kernel(source, group, nodes), args, nodes, what, check)
+        self.instructions.append(instruction)
+        return instruction
 
     def write_kernel_files(self) -> None:
-        """Choose inline or shared compilation per kernel and write the source files."""
-        uses: dict[str, int] = {}
+        written: dict[str, tuple[str, str]] = {}
         for k in self.kernels:
-            uses[k.source] = uses.get(k.source, 0) + 1
-        for k in self.kernels:
-            shared = uses[k.source] > 1
-            inline = "" if shared else "inline='always', "
-            source = k.source.replace(KERNEL_DECORATOR, _DECORATOR.replace("INLINE", inline))
-            if not shared:
-                # compiled into this step only: the file can say exactly what it computes
-                source = self.describe(k) + source
-            k.source = source
-            k.module, k.path = write_module("graphc_kernel", k.source, self.stats)
+            if k.source not in written:
+                written[k.source] = write_module("graphc_kernel", k.source, self.stats)
+            k.module, k.path = written[k.source]
 
-    def describe(self, kernel: Kernel) -> str:
-        """Header lines: the nodes a kernel fuses and the user lines they came from."""
-        lines = [f"# graph {self.graph.name!r}: fuses {len(kernel.nodes)} node(s)"]
-        for nid in kernel.nodes:
-            node = self.graph.nodes[nid]
-            lines.append(f"#   {node.label} = {node.op} {format_shape(node.shape)} {node.dtype}"
-                         f"  ({node.role}, {node.where})")
+    def listing(self) -> str:
+        """The program as the user reads it: one line per call, with the nodes it computes
+        and the lines of the user's code they came from."""
+        lines = [f"# CPU step of graph {self.graph.name!r}: {len(self.instructions)} calls of "
+                 f"{len({k.module for k in self.kernels})} kernels "
+                 "(kernels/cpu/program.py runs them in order)"]
+        for k, ins in enumerate(self.instructions):
+            where = sorted({short_location(self.graph.nodes[n].where) for n in ins.nodes})
+            check = "  [check]" if ins.check else ""
+            lines.append(f"{k:4d}  {ins.kernel.module}  {ins.what}{check}"
+                         f"{'  from ' + ', '.join(where) if where else ''}")
         return "\n".join(lines) + "\n"
 
-    def emit_check(self) -> None:
+    # -- groups -------------------------------------------------------------------------
+    def emit_group(self, group: Group) -> None:
+        node = self.graph.nodes[group.root]
+        if group.kind == "loop":
+            self.emit_loop(group)
+        elif group.kind == "matmul":
+            self.emit_matmul(node, group)
+        elif group.kind == "view":
+            self.emit_view(node)
+        elif group.kind == "shape":
+            self.contiguous[node.id] = True
+        elif group.kind == "index":
+            self.emit_index(node, group)
+        elif group.kind == "call":
+            self.emit_call(node, group)
+        else:
+            raise NotImplementedError(f"no CPU code for {group.kind} group ({node.op})")
+
+    def emit_view(self, node: Node) -> None:
+        src = data_inputs(node)[0]
+        if node.op in ("transpose", "slice"):
+            self.contiguous[node.id] = False
+            return
+        if self.is_contiguous(src):
+            self.contiguous[node.id] = True
+        elif _unit_axes_only(self.graph.nodes[src].shape, node.shape):
+            self.contiguous[node.id] = False   # the same strided memory, unit axes changed
+        else:
+            self.view_sources[node.id] = self.copy_of(src, ("copy", src))
+            self.contiguous[node.id] = True
+
+    def emit_loop(self, group: Group) -> None:
+        in_place = {}
+        for nid in group.stores:
+            name = self.memory.inplace.get(nid)
+            for load in group.loads:
+                leaf = self.graph.nodes[load]
+                if name is not None and leaf.op in ("param", "state") and leaf.name == name:
+                    in_place[nid] = load
+        loads = [n for n in group.loads if not _is_literal(self.graph.nodes[n])]
+        strided_loads = {n for n in loads if not self.is_contiguous(n)}
+        source = loop_kernel_source(self.graph, group, in_place, strided_loads)
+        root = self.graph.nodes[group.root]
+        space_node = root.inputs[0] if OPS[root.op].kind == "reduce" else root.id
+        args: list[tuple] = [("size", space_node, a)
+                             for a in range(len(self.graph.nodes[space_node].shape))]
+        for nid in loads:
+            args.append(("addr", self.ref(nid)))
+            if nid in strided_loads:
+                args.append(("strides", self.ref(nid)))
+        for nid in group.stores:
+            if nid not in in_place:
+                args.append(("addr", self.ref(nid)))
+        self.add(source, args, list(group.nodes), describe_group(self.graph, group), group)
+
+    def emit_matmul(self, node: Node, group: Group) -> None:
+        a, b = node.inputs
+        dtype = node.dtype
+        if len(node.shape) == 2:
+            layouts, refs = [], []
+            for operand in (a, b):
+                src = self.graph.nodes[operand]
+                if self.is_contiguous(operand):
+                    layouts.append("C")
+                    refs.append(self.ref(operand))
+                elif src.op == "transpose" and self.is_contiguous(src.inputs[0]) \
+                        and len(src.shape) == 2:
+                    layouts.append("T")
+                    refs.append(self.ref(src.inputs[0]))
+                else:
+                    layouts.append("C")
+                    refs.append(self.contiguous_ref(operand))
+            args = [("size", node.id, 0), ("size", a, 1), ("size", node.id, 1),
+                    ("addr", refs[0]), ("addr", refs[1]), ("addr", self.ref(node.id))]
+            self.add(matmul_source(dtype, *layouts), args, [node.id],
+                     describe_group(self.graph, group), group)
+            return
+        batch = len(node.shape) - 2
+        refs, batches = [], []
+        for operand in (a, b):
+            src = self.graph.nodes[operand]
+            if len(src.shape) == 2 or all(d == 1 for d in src.shape[:-2]):
+                refs.append(self.contiguous_ref(operand))
+                batches.append(("int", 1))
+            elif src.shape[:-2] == node.shape[:-2]:
+                refs.append(self.contiguous_ref(operand))
+                batches.append(("batch", node.id, tuple(range(batch))))
+            else:
+                refs.append(self.copy_of(operand, ("bcast", operand, node.id)))
+                batches.append(("batch", node.id, tuple(range(batch))))
+        args = [("batch", node.id, tuple(range(batch))), ("size", node.id, batch),
+                ("size", a, len(self.graph.nodes[a].shape) - 1), ("size", node.id, batch + 1),
+                batches[0], batches[1], ("addr", refs[0]), ("addr", refs[1]),
+                ("addr", self.ref(node.id))]
+        self.add(batched_matmul_source(dtype), args, [node.id],
+                 describe_group(self.graph, group), group)
+
+    def emit_index(self, node: Node, group: Group) -> None:
+        out = self.ref(node.id)
+        what = describe_group(self.graph, group)
+        if node.op == "concat":
+            start = 0
+            axis = node.attrs["axis"]
+            for i in node.inputs:
+                size = self.graph.nodes[i].shape[axis]
+                index = [(None, None, 1)] * len(node.shape)
+                index[axis] = (start, start + size, 1)
+                self.emit_copy(self.ref(i), ("part", out, tuple(index)), node.id, [node.id],
+                               what=what)
+                start += size
+            return
+        if node.op == "slice_grad":
+            self.add(fill_source(node.dtype), [("count", node.id), ("addr", out)], [node.id],
+                     what)
+            index = tuple(tuple(part) for part in node.attrs["index"])
+            self.emit_copy(self.ref(node.inputs[0]), ("part", out, index), node.inputs[0],
+                           [node.id], what=what)
+            return
+        operands = [self.contiguous_ref(i) for i in data_inputs(node)]
+        ranks = [len(self.graph.nodes[i].shape) for i in data_inputs(node)]
+        args: list[tuple] = []
+        for i, ref in zip(data_inputs(node), operands):
+            args.append(("addr", ref))
+            args += [("size", i, a) for a in range(len(self.graph.nodes[i].shape))]
+        args.append(("addr", out))
+        args += [("size", node.id, a) for a in range(len(node.shape))]
+        self.add(index_kernel_source(node, self.graph, ranks), args, [node.id], what, group)
+
+    def emit_call(self, node: Node, group: Group) -> None:
+        op = OPS[node.op]
+        module, function = op.kernel.split(":")
+        operands = data_inputs(node)
+        args: list[tuple] = []
+        for i in operands:
+            args.append(("addr", self.contiguous_ref(i)))
+            args += [("size", i, a) for a in range(len(self.graph.nodes[i].shape))]
+        args.append(("addr", self.ref(node.id)))
+        args += [("size", node.id, a) for a in range(len(node.shape))]
+        extra: list[int] = []
+        for attr in op.kernel_attrs:
+            value = node.attrs[attr]
+            extra += [int(v) for v in (value if isinstance(value, tuple) else (value,))]
+        args += [("int", v) for v in extra]
+        specs = [(self.graph.nodes[i].dtype, len(self.graph.nodes[i].shape)) for i in operands]
+        source = call_source(module, function, specs, (node.dtype, len(node.shape)), len(extra))
+        self.add(source, args, [node.id], describe_group(self.graph, group), group)
+
+    def emit_copy(self, src: Ref, dst: Ref, nid: int, nodes: list[int],
+                  what: str | None = None) -> None:
+        """dst[...] = src, `src` holding node `nid`'s value (broadcast to a "bcast" copy's
+        shape; `dst` may be a part of an array)."""
+        node = self.graph.nodes[nid]
+        rank = len(self.graph.nodes[dst[2]].shape) if dst[0] == "bcast" else len(node.shape)
+        text = what or f"copy {node.label} into {dst[0]}"
+        self.add(copy_source(node.dtype, max(rank, 1)), [("copy_args", src, dst)], nodes, text)
+
+    # -- checks -------------------------------------------------------------------------
+    def emit_loss_check(self) -> None:
         floats = [nid for nid in self.graph.outputs
                   if self.graph.nodes[nid].dtype in ("float32", "float64")
                   and self.graph.nodes[nid].shape == ()]
-        if not floats or not self.graph.updates:
-            return
-        cond = " or ".join(f"not np.isfinite({self.value(n)}[0])" for n in floats)
-        outs = "".join(f"{self.value(n)}, " for n in self.graph.outputs)
-        self.body.append(f"if check and ({cond}):")
-        self.body.append(f"    return False, ({outs})")
+        if floats and self.graph.updates:
+            self.emit_finite_check(floats, "the loss is finite")
 
     def emit_gradient_check(self) -> None:
         """Before the first parameter is written: every computed value the update groups
-        read (the gradients) must be finite, or the step returns without updating."""
-        checked: list[str] = []
+        read (the gradients) must be finite, or the step stops without updating."""
+        checked: list[int] = []
         for group in self.groups:
             if group.phase != 3:
                 continue
@@ -321,290 +389,43 @@ class StepWriter:
                 if node.op in ("input", "param", "state", "const") or node.dtype not in (
                         "float32", "float64"):
                     continue
-                name = self.value(nid)
-                if name not in checked:
-                    checked.append(name)
-        if not checked:
-            return
-        outs = "".join(f"{self.value(n)}, " for n in self.graph.outputs)
-        cond = " and ".join(f"all_finite({name})" for name in checked)
-        self.body.append(f"if check and not ({cond}):")
-        self.body.append(f"    return False, ({outs})")
+                root = nid
+                while root in self.memory.alias:
+                    root = self.memory.alias[root]
+                if root not in checked:
+                    checked.append(root)
+        if checked:
+            self.emit_finite_check(checked, "the gradients are finite")
 
-    # -- parallel regions ------------------------------------------------------------
-    def open_region(self, index: int) -> None:
-        self.region = Region(index)
-        self.step_body, self.body = self.body, self.region.lines
-
-    def close_region(self) -> None:
-        """Write the region as a function of one shard and a parallel loop over shards,
-        call it, and combine the shards' partial results in shard order."""
-        region, self.region = self.region, None
-        self.body = self.step_body
-        assigned = {line.split(" = ")[0] for line in region.lines if " = " in line}
-        external: list[str] = []
-        for line in region.lines:
-            for name in re.findall(r"\b(?:a|v|p)\d+\b", line):
-                if name not in external and name not in assigned:
-                    external.append(name)
-        fn = f"region{region.index}"
-        arrays = ", ".join(external)
-        lines = [STEP_DECORATOR,
-                 f"def {fn}(s, nshards, lo, hi, ssz, {arrays}):"]
-        lines += ["    " + line for line in region.lines]
-        self.region_sources.append("\n".join(lines) + "\n\n")
-        # One shard runs on this thread (waking the pool would leave its threads spinning
-        # against BLAS's). The shard index is an int64 in both calls (prange's is unsigned,
-        # a literal 0 would be a constant), so one compiled function serves both.
-        self.body += ["if nshards == 1:",
-                      f"    {fn}(nshards - 1, nshards, bounds[0], bounds[1], shard_sizes[0], "
-                      f"{arrays})",
-                      "else:",
-                      "    for s in prange(nshards):",
-                      f"        {fn}(np.int64(s), nshards, bounds[s], bounds[s + 1], "
-                      f"shard_sizes[s], {arrays})"]
-        self.parallel = True
-        for nid in region.partials:
-            how = self.shards.combine[nid]
-            call = "sum_partials(" if how == "sum" else "extreme_partials("
-            last = "" if how == "sum" else f", {how == 'max'}"
-            self.body.append(f"{call}{self.arg('partial', nid)}, nshards, "
-                             f"{self.bind_store(nid)}{last})")
-
-    def bind_store(self, nid: int) -> str:
-        if self.region is not None:
-            if self.shards.status[nid] == "partial":
-                part = f"{self.arg('partial', nid)}_s"
-                self.body.append(f"{part} = {self.arg('partial', nid)}[s]")
-                self.region.partials.append(nid)
-                return part
-            full = self.bind_full_store(nid)
-            local = f"{full}_s"
-            self.body.append(f"{local} = {full}[lo:hi]")
-            self.region.names[nid] = local
-            return local
-        return self.bind_full_store(nid)
-
-    def bind_full_store(self, nid: int) -> str:
-        if nid in self.memory.inplace:
-            name = self.memory.inplace[nid]
-            kind = "param" if name in self.graph.param_values else "state"
-            target = self.arg(kind, name)
-        else:
-            target = self.arg("pool", nid)
-        self.names[nid] = target
-        self.contiguous[nid] = True
-        return target
-
-    def emit_group(self, group: Group) -> None:
-        node = self.graph.nodes[group.root]
-        self.body.append(f"# {describe_group(self.graph, group)}")
-        if group.kind == "loop":
-            self.emit_loop(group)
-        elif group.kind == "matmul":
-            self.emit_matmul(node)
-        elif group.kind == "view":
-            self.emit_view(node)
-        elif group.kind == "shape":
-            self.names[node.id] = self.arg("dim", node.id)
-            self.contiguous[node.id] = True
-        elif group.kind == "index":
-            self.emit_index(node)
-        elif group.kind == "call":
-            self.emit_call(node)
-        else:
-            raise NotImplementedError(f"no CPU code for {group.kind} group ({node.op})")
-
-    # -- groups ---------------------------------------------------------------------
-    def emit_matmul(self, node: Node) -> None:
-        a, b = (self.value(i) for i in node.inputs)
-        out = self.bind_store(node.id)
-        if len(node.shape) == 2:
-            self.body.append(f"np.dot({a}, {b}, {out})")
-            return
-        na, nb = (self.graph.nodes[i] for i in node.inputs)
-        batch = len(node.shape) - 2
-        sa = self.batch_view(a, na, node, batch)
-        sb = self.batch_view(b, nb, node, batch)
-        so = f"{out}.reshape((-1, {self.dim(node.id, batch)}, {self.dim(node.id, batch + 1)}))"
-        self.body.append(f"batched_matmul({sa}, {sb}, {so})")
-
-    def batch_view(self, name: str, operand: Node, node: Node, batch: int) -> str:
-        """`name` as a contiguous 3-D (batch, rows, cols) array, its batch broadcast."""
-        full = f"np.ascontiguousarray({name})"
-        rows = self.dim(operand.id, len(operand.shape) - 2)
-        cols = self.dim(operand.id, len(operand.shape) - 1)
-        if len(operand.shape) == 2 or all(d == 1 for d in operand.shape[:-2]):
-            return f"{full}.reshape((1, {rows}, {cols}))"
-        if operand.shape[:-2] == node.shape[:-2]:
-            return f"{full}.reshape((-1, {rows}, {cols}))"
-        target = "(" + ", ".join(self.dim(node.id, a) for a in range(batch)) + f", {rows}, {cols})"
-        stretched = f"np.ascontiguousarray(np.broadcast_to({name}, {target}))"
-        return f"{stretched}.reshape((-1, {rows}, {cols}))"
-
-    def emit_view(self, node: Node) -> None:
-        src_id = data_inputs(node)[0]
-        src = self.value(src_id)
-        contiguous = self.contiguous.get(src_id, True)
-        if node.op == "transpose":
-            perm = node.attrs["perm"]
-            expr = f"{src}.T" if len(perm) == 2 else f"{src}.transpose({tuple(perm)})"
-            contiguous = False
-        elif node.op == "slice":
-            parts = []
-            for start, stop, step in node.attrs["index"]:
-                parts.append(f"{'' if start is None else start}:{'' if stop is None else stop}"
-                             f":{step}")
-            expr = f"{src}[{', '.join(parts)}]"
-            contiguous = False
-        else:
-            base = src if contiguous else f"np.ascontiguousarray({src})"
-            expr = f"{base}.reshape({self.shape_tuple(node.id)})"
-            contiguous = True
-        name = f"v{node.id}"
-        if self.region is not None and self.shards.is_row(node.id):
-            name += "_s"
-            self.region.names[node.id] = name
-        else:
-            self.names[node.id] = name
-        self.body.append(f"{name} = {expr}")
-        self.contiguous[node.id] = contiguous
-
-    def emit_index(self, node: Node) -> None:
-        out = self.bind_store(node.id)
-        if node.op == "concat":
-            start = 0
-            axis = node.attrs["axis"]
-            for i in node.inputs:
-                size = self.graph.nodes[i].shape[axis]
-                index = [":"] * len(node.shape)
-                index[axis] = f"{start}:{start + size}"
-                self.body.append(f"{out}[{', '.join(index)}] = {self.value(i)}")
-                start += size
-            return
-        if node.op == "slice_grad":
-            g = self.value(node.inputs[0])
-            parts = [f"{'' if s is None else s}:{'' if e is None else e}:{st}"
-                     for s, e, st in node.attrs["index"]]
-            self.body.append(f"{out}[...] = 0")
-            self.body.append(f"{out}[{', '.join(parts)}] = {g}")
-            return
-        kernel = self.add_kernel(Group("index", [node.id], 0), index_kernel_source(
-            node, self.graph))
-        operands = [self.value(i) for i in data_inputs(node)]
-        self.body.append(f"{kernel.name}({', '.join(operands + [out])})")
-
-    def emit_call(self, node: Node) -> None:
-        """A library kernel (OpDef.kernel, "module:function") called as
-        fn(*operands, out, *int attrs): conv2d, pooling and their gradients."""
-        op = OPS[node.op]
-        module, function = op.kernel.split(":")
-        self.call_imports.add(f"from {module} import {function}")
-        if module not in self.call_digests:
-            # Numba's cache of the step does not notice a changed callee: name its source
-            self.call_digests[module] = _module_digest(module)
-            self.body.append(f"# {module} sha256 {self.call_digests[module]}")
-        operands = []
-        for i in data_inputs(node):
-            name = self.value(i)
-            operands.append(name if self.contiguous.get(i, True)
-                            else f"np.ascontiguousarray({name})")
-        out = self.bind_store(node.id)
-        extra: list[str] = []
-        for attr in op.kernel_attrs:
-            value = node.attrs[attr]
-            extra += [repr(int(v)) for v in (value if isinstance(value, tuple) else (value,))]
-        self.body.append(f"{function}({', '.join(operands + [out] + extra)})")
-
-    def add_kernel(self, group: Group, source: str) -> Kernel:
-        kernel = Kernel(group, f"k{len(self.kernels)}", source, nodes=list(group.nodes))
-        kernel.lines = sorted({self.graph.nodes[n].where for n in group.nodes})
-        self.kernels.append(kernel)
-        return kernel
-
-    def in_place_pairs(self, group: Group) -> dict[int, int]:
-        """Stores that overwrite an array the group also loads: {store node: load node}."""
-        pairs = {}
-        for nid in group.stores:
-            name = self.memory.inplace.get(nid)
-            for load in group.loads:
-                leaf = self.graph.nodes[load]
-                if name is not None and leaf.op in ("param", "state") and leaf.name == name:
-                    pairs[nid] = load
-        return pairs
-
-    def emit_loop(self, group: Group) -> None:
-        in_place = self.in_place_pairs(group)
-        source, loads = loop_kernel_source(self.graph, group, in_place)
-        kernel = self.add_kernel(group, source)
-        root = self.graph.nodes[group.root]
-        reduce_root = OPS[root.op].kind == "reduce"
-        space_node = root.inputs[0] if reduce_root else root.id
-        sizes = [self.dim(space_node, a) for a in range(len(self.graph.nodes[space_node].shape))]
-        operands = [self.value(i) for i in loads]
-        if self.split:
-            stores = [self.bind_full_store(n) for n in group.stores if n not in in_place]
-            sizes, operands, stores = self.split_rows(group, space_node, sizes, loads,
-                                                      operands, stores)
-        else:
-            stores = [self.bind_store(n) for n in group.stores if n not in in_place]
-        args = [non_literal(size) for size in sizes] + operands + stores
-        packs = pack_arguments(args)
-        if packs is not None:
-            args = [f"({', '.join(pack)},)" for pack in packs]
-        self.body.append(f"{kernel.name}({', '.join(args)})")
-
-    def split_rows(self, group: Group, space_node: int, sizes: list[str], loads: list[int],
-                   operands: list[str], stores: list[str]
-                   ) -> tuple[list[str], list[str], list[str]]:
-        """This shard's share of the rows of an update loop (a fixed shape): rows
-        [lo, hi) of every operand of the loop's shape; operands the same for every row are
-        passed whole."""
-        space = self.graph.nodes[space_node].shape
-        k = len(self.kernels)
-        lo, hi = f"lo{k}", f"hi{k}"
-        self.body.append(f"{lo} = ({space[0]} * s) // nshards")
-        self.body.append(f"{hi} = ({space[0]} * (s + 1)) // nshards")
-        operands = [f"{name}[{lo}:{hi}]" if self.graph.nodes[nid].shape == space else name
-                    for nid, name in zip(loads, operands)]
-        stores = [f"{name}[{lo}:{hi}]" for name in stores]
-        return [f"{hi} - {lo}"] + sizes[1:], operands, stores
+    def emit_finite_check(self, nodes: list[int], what: str) -> None:
+        by_dtype: dict[str, list[int]] = {}
+        for nid in nodes:
+            by_dtype.setdefault(self.graph.nodes[nid].dtype, []).append(nid)
+        for dtype, group in by_dtype.items():
+            args: list[tuple] = [("int", len(group))]
+            for nid in group:
+                args += [("addr", self.ref(nid)), ("count", nid)]
+            self.add(finite_check_source(dtype), args, group,
+                     f"check: {what} ({len(group)} array(s))", check=True)
 
 
-# The step and its region functions: numpy's error model, as in the kernels inlined into
-# them (a float division by zero gives inf or NaN, which the step's checks report). No C
-# callback wrapper (for passing a jitted function as a first-class value), which nothing
-# uses: for a step taking hundreds of arrays it is a large function of its own (a step of 80
-# kernel calls on 240 arrays compiled in 2.6 s without it, 4.0 s with it).
-STEP_DECORATOR = "@njit(cache=True, nogil=True, error_model='numpy', no_cfunc_wrapper=True)"
-# Only the explicit prange loops of the regions run in parallel: Numba's other parallel
-# transformations (array expressions, setitem, reductions) would add a fork and join each.
-STEP_DECORATOR_PARALLEL = (
-    "@njit(cache=True, nogil=True, error_model='numpy', no_cfunc_wrapper=True, "
-    "parallel={'prange': True, "
-    "'setitem': False, 'numpy': False, 'reduction': False, 'comprehension': False, "
-    "'stencil': False, 'fusion': False, 'inplace_binop': False})")
+def _unit_axes_only(src: tuple, dst: tuple) -> bool:
+    """Whether a reshape from `src` to `dst` only adds or drops axes of size 1 (a view of
+    any strided array)."""
+    return [d for d in src if d != 1] == [d for d in dst if d != 1]
 
 
-# CPython compiles a call with more than 30 arguments (its STACK_USE_GUIDELINE) as
-# f(*tuple), which Numba cannot inline ("Calling a closure with *args is unsupported"): a
-# kernel with more operands takes them packed in tuples of at most this many.
-MAX_CALL_ARGS = 30
+def _is_literal(node: Node) -> bool:
+    return node.op == "const" and node.attrs["value"].size == 1 and node.shape == ()
 
 
-def non_literal(size: str) -> str:
-    """A size argument as the step passes it to a kernel. Numba compiles a jitted function
-    that jitted code calls with a constant once per value of the constant (the kernel shared
-    by two parameters of shapes (64, 128) and (128, 128) compiled twice): a fixed size goes
-    as an `np.int64`, typed as any other int64."""
-    return f"np.int64({size})" if size.isdigit() else size
+# -- kernel sources -------------------------------------------------------------------------
 
-
-def pack_arguments(names: list[str]) -> list[list[str]] | None:
-    """`names` split into tuples of at most MAX_CALL_ARGS, or None if a plain call fits."""
-    if len(names) <= MAX_CALL_ARGS:
-        return None
-    return [names[k:k + MAX_CALL_ARGS] for k in range(0, len(names), MAX_CALL_ARGS)]
+def _source(kind: str, title: str, body: list[str], extra_imports: str = "") -> str:
+    header = [f"# graphc kernel: {title}", _version_line()]
+    return ("\n".join(header) + "\n" + PRELUDE + extra_imports + "\n\n" + _DECORATOR[kind] +
+            "\ndef kernel(a):\n" + "\n".join("    " + line for line in body) +
+            "\n    return 0\n")
 
 
 def _operand_index(shape: tuple, space: tuple) -> str:
@@ -619,16 +440,25 @@ def _operand_index(shape: tuple, space: tuple) -> str:
     return ", ".join(parts)
 
 
-def loop_kernel_source(graph: Graph, group: Group, in_place: dict[int, int] | None = None
-                       ) -> tuple[str, list[int]]:
-    """Source of a fused loop kernel and the nodes it loads, in argument order.
+def _operand_shape(shape: tuple, space: tuple) -> list[str]:
+    """The operand's shape in the loop's size names (1 on broadcast axes)."""
+    if not shape:
+        return ["1"]
+    offset = len(space) - len(shape)
+    return ["1" if d == 1 and space[offset + j] != 1 else f"n{offset + j}"
+            for j, d in enumerate(shape)]
+
+
+def loop_kernel_source(graph: Graph, group: Group, in_place: dict[int, int],
+                       strided_loads: set[int]) -> str:
+    """A fused loop kernel. Block: the loop's sizes n0.., then per loaded array its address
+    (and byte strides if strided), then per stored array its address.
 
     `in_place` maps stores to the loaded array they overwrite at the same index: such an
     array is passed once and written through the same name, so LLVM vectorises the loop
     (two names for one array fail its run-time overlap check and it falls back to scalar
     code: an in-place Adam update of 16K floats took 27 us instead of 3 us).
     """
-    in_place = in_place or {}
     root = graph.nodes[group.root]
     reduce_root = OPS[root.op].kind == "reduce"
     body_ids = group.nodes[:-1] if reduce_root else group.nodes
@@ -638,7 +468,7 @@ def loop_kernel_source(graph: Graph, group: Group, in_place: dict[int, int] | No
     literals: dict[int, str] = {}
     for nid in group.loads:
         node = graph.nodes[nid]
-        if node.op == "const" and node.attrs["value"].size == 1 and node.shape == ():
+        if _is_literal(node):
             literals[nid] = literal(node.attrs["value"], node.dtype)
         else:
             loads.append(nid)
@@ -647,6 +477,29 @@ def loop_kernel_source(graph: Graph, group: Group, in_place: dict[int, int] | No
     store_names = {nid: f"y{k}" for k, nid in enumerate(own_stores)}
     store_names.update({nid: arg_names[load] for nid, load in in_place.items()})
     local = {nid: f"t{k}" for k, nid in enumerate(loads + body_ids)}
+
+    prologue = [f"n{a} = a[{a}]" for a in range(rank)]
+    position = rank
+    for nid in loads:
+        node = graph.nodes[nid]
+        shape = _tuple(_operand_shape(node.shape, space))
+        if nid in strided_loads:
+            strides = _tuple([f"a[{position + 1 + j}]" for j in range(max(len(node.shape), 1))])
+            prologue.append(f"{arg_names[nid]} = strided(address(a[{position}]), {shape}, "
+                            f"{strides}, {CTOR[node.dtype]})")
+            position += 1 + max(len(node.shape), 1)
+        else:
+            prologue.append(_carray(arg_names[nid], str(position), shape, node.dtype))
+            position += 1
+    for nid in own_stores:
+        node = graph.nodes[nid]
+        if nid == root.id and reduce_root:
+            shape = _reduction_shape(root, rank)
+        else:
+            shape = _tuple(_operand_shape(space, space))
+        prologue.append(_carray(store_names[nid], str(position), shape, node.dtype))
+        position += 1
+
     body: list[str] = []
     for nid in loads:
         index = _operand_index(graph.nodes[nid].shape, space)
@@ -658,37 +511,26 @@ def loop_kernel_source(graph: Graph, group: Group, in_place: dict[int, int] | No
     full = f"[{_operand_index(space, space)}]"
     for nid in body_ids:
         node = graph.nodes[nid]
-        expr = _scalar_expr(node, [operand(i) for i in data_inputs(node)], graph,
-                            _flat_index(rank))
+        expr = scalar_expr(node, [operand(i) for i in data_inputs(node)], graph,
+                           _flat_index(rank))
         body.append(f"{local[nid]} = {expr}")
         if nid in store_names:
             body.append(f"{store_names[nid]}{full} = {local[nid]}")
-
-    sizes = [f"n{a}" for a in range(rank)]
-    names = sizes + [arg_names[n] for n in loads] + [store_names[n] for n in own_stores]
-    packs = pack_arguments(names)
-    if packs is None:
-        lines = [KERNEL_DECORATOR, f"def kernel({', '.join(names)}):"]
-    else:
-        lines = [KERNEL_DECORATOR, f"def kernel({', '.join(f'p{k}' for k in range(len(packs)))}):"]
-        lines += [f"    {', '.join(pack)}, = p{k}" for k, pack in enumerate(packs)]
     if not reduce_root:
-        lines += _nest(rank, range(rank), body, 1)
+        loops = _nest(rank, range(rank), body, 0)
     else:
-        lines += _reduction(graph, root, space, body, operand(root.inputs[0]),
-                            store_names[root.id])
-    header = [f"# graphc kernel: {group.kind} of {len(group.nodes)} nodes "
-              f"({', '.join(graph.nodes[n].op for n in group.nodes)})",
-              f"# scalar library {_kernel_library_version()}"]
-    return "\n".join(header) + "\n" + KERNEL_PRELUDE + "\n\n" + "\n".join(lines) + "\n", loads
+        loops = _reduction(root, space, body, operand(root.inputs[0]), store_names[root.id])
+    title = (f"{group.kind} of {len(group.nodes)} nodes "
+             f"({', '.join(graph.nodes[n].op for n in group.nodes)}), "
+             f"scalar library {kernel_library_version()}")
+    return _source("loop", title, prologue + loops, LOOP_IMPORTS)
 
 
-def _module_digest(module: str) -> str:
-    """sha256 (16 hex digits) of a kernel module's source file."""
-    import importlib
-
-    with open(importlib.import_module(module).__file__, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()[:16]
+def _reduction_shape(root: Node, rank: int) -> str:
+    axes = root.attrs["axes"]
+    if root.attrs["keepdims"]:
+        return _tuple(["1" if a in axes else f"n{a}" for a in range(rank)])
+    return _tuple([f"n{a}" for a in range(rank) if a not in axes])
 
 
 def _flat_index(rank: int) -> str:
@@ -713,25 +555,26 @@ def _nest(rank: int, axes, body: list[str], depth: int) -> list[str]:
 def _identity(op: str, dtype: str, full: bool) -> str:
     if op == "sum":
         if dtype in ("float32", "float64"):
-            return "0.0" if full else f"{_CTOR[dtype]}(0)"
+            return "0.0" if full else f"{CTOR[dtype]}(0)"
         return "np.int64(0)"
     if dtype in ("float32", "float64"):
-        return f"{_CTOR[dtype]}(-np.inf)" if op == "max" else f"{_CTOR[dtype]}(np.inf)"
+        return f"{CTOR[dtype]}(-np.inf)" if op == "max" else f"{CTOR[dtype]}(np.inf)"
     info = np.iinfo(dtype) if dtype != "bool" else None
     if info is None:
         return "False" if op == "max" else "True"
-    return f"{_CTOR[dtype]}({info.min if op == 'max' else info.max})"
+    return f"{CTOR[dtype]}({info.min if op == 'max' else info.max})"
 
 
 def _combine(op: str, acc: str, v: str) -> str:
     if op == "sum":
         return f"{acc} + {v}"
+    if op not in ("max", "min"):
+        raise NotImplementedError(f"no CPU code for the reduction {op!r}")
     cmp = ">" if op == "max" else "<"
     return f"{v} if ({v} {cmp} {acc} or {v} != {v}) else {acc}"
 
 
-def _reduction(graph: Graph, root: Node, space: tuple, body: list[str], value: str,
-               out: str) -> list[str]:
+def _reduction(root: Node, space: tuple, body: list[str], value: str, out: str) -> list[str]:
     axes = root.attrs["axes"]
     keep = root.attrs["keepdims"]
     rank = len(space)
@@ -746,8 +589,8 @@ def _reduction(graph: Graph, root: Node, space: tuple, body: list[str], value: s
         # reduced axes are the trailing ones: accumulate in a register
         lines = []
         for level, a in enumerate(kept):
-            lines.append("    " * (1 + level) + f"for i{a} in range(n{a}):")
-        d = 1 + len(kept)
+            lines.append("    " * level + f"for i{a} in range(n{a}):")
+        d = len(kept)
         lines.append("    " * d + f"acc = {init}")
         for level, a in enumerate(axes):
             lines.append("    " * (d + level) + f"for i{a} in range(n{a}):")
@@ -760,14 +603,79 @@ def _reduction(graph: Graph, root: Node, space: tuple, body: list[str], value: s
         return lines
     # general case: accumulate in the output array
     init_body = [f"{out}[{out_index}] = {init}"]
-    lines = _nest(len(kept), kept, init_body, 1)
+    lines = _nest(len(kept), kept, init_body, 0)
     lines += _nest(rank, range(rank), body + [
-        f"{out}[{out_index}] = {_combine(root.op, f'{out}[{out_index}]', value)}"], 1)
+        f"{out}[{out_index}] = {_combine(root.op, f'{out}[{out_index}]', value)}"], 0)
     return lines
 
 
-def index_kernel_source(node: Node, graph: Graph) -> str:
-    """Gather (take) and scatter-add (take_grad) kernels for one rank combination.
+def matmul_source(dtype: str, layout_a: str, layout_b: str) -> str:
+    """out (m, n) = a (m, k) @ b (k, n) through BLAS; "T" reads an operand stored transposed.
+    Block: m, k, n, address of a, of b, of out."""
+    def operand(name: str, position: int, rows: str, cols: str, layout: str) -> str:
+        if layout == "T":
+            return f"{name} = carray(address(a[{position}]), ({cols}, {rows}), {CTOR[dtype]}).T"
+        return _carray(name, str(position), f"({rows}, {cols})", dtype)
+
+    body = ["m = a[0]", "k = a[1]", "n = a[2]", operand("x", 3, "m", "k", layout_a),
+            operand("w", 4, "k", "n", layout_b), _carray("out", "5", "(m, n)", dtype),
+            "np.dot(x, w, out)"]
+    return _source("exact", f"matmul {dtype} {layout_a}{layout_b}", body)
+
+
+def batched_matmul_source(dtype: str) -> str:
+    """out[i] = a[i or 0] @ b[i or 0] over a batch of contiguous matrices. Block: batch, m,
+    k, n, a's batch (1 broadcasts), b's batch, address of a, of b, of out."""
+    body = ["batch = a[0]", "m = a[1]", "k = a[2]", "n = a[3]", "ba = a[4]", "bb = a[5]",
+            _carray("x", "6", "(ba, m, k)", dtype), _carray("w", "7", "(bb, k, n)", dtype),
+            _carray("out", "8", "(batch, m, n)", dtype),
+            "for i in range(batch):",
+            "    np.dot(x[i if ba > 1 else 0], w[i if bb > 1 else 0], out[i])"]
+    return _source("exact", f"batched matmul {dtype}", body)
+
+
+def copy_source(dtype: str, rank: int) -> str:
+    """dst[...] = src over `rank` axes, both strided. Block: sizes, address of src, its byte
+    strides, address of dst, its byte strides."""
+    dims = [f"n{a}" for a in range(rank)]
+    shape = _tuple(dims)
+    src_strides = _tuple([f"a[{rank + 1 + j}]" for j in range(rank)])
+    dst_strides = _tuple([f"a[{2 * rank + 2 + j}]" for j in range(rank)])
+    index = ", ".join(f"i{a}" for a in range(rank))
+    body = [f"n{a} = a[{a}]" for a in range(rank)]
+    body += [f"src = strided(address(a[{rank}]), {shape}, {src_strides}, {CTOR[dtype]})",
+             f"dst = strided(address(a[{2 * rank + 1}]), {shape}, {dst_strides}, "
+             f"{CTOR[dtype]})"]
+    body += _nest(rank, range(rank), [f"dst[{index}] = src[{index}]"], 0)
+    return _source("exact", f"copy {dtype} rank {rank}", body)
+
+
+def fill_source(dtype: str) -> str:
+    """A contiguous array set to zero. Block: element count, address."""
+    body = ["n = a[0]", _carray("out", "1", "(n,)", dtype), "for i in range(n):",
+            f"    out[i] = {CTOR[dtype]}(0)"]
+    return _source("exact", f"zero fill {dtype}", body)
+
+
+def finite_check_source(dtype: str) -> str:
+    """Status 1 if any element of the listed contiguous arrays is NaN or infinite.
+    Block: array count, then address and element count of each.
+
+    `v - v` is 0 for every finite `v` and NaN for NaN and +-Inf (compiled without fast-math
+    flags, under which it would fold to 0); OR-ing the comparisons vectorises."""
+    body = ["bad = 0", "for j in range(a[0]):",
+            "    n = a[2 + 2 * j]",
+            f"    v = carray(address(a[1 + 2 * j]), (n,), {CTOR[dtype]})",
+            "    for i in range(n):",
+            "        bad |= (v[i] - v[i]) != 0",
+            "if bad:",
+            "    return 1"]
+    return _source("exact", f"finiteness check {dtype}", body)
+
+
+def index_kernel_source(node: Node, graph: Graph, ranks: list[int]) -> str:
+    """Gather (take) and scatter-add (take_grad) kernels for one rank combination; status 2
+    for an index out of range. Block: per operand its address and sizes, then the output's.
 
     Both loop over the gathered shape `x.shape[:axis] + idx.shape + x.shape[axis + 1:]`
     (take's output, take_grad's incoming gradient) and differ only in the last line.
@@ -775,31 +683,57 @@ def index_kernel_source(node: Node, graph: Graph) -> str:
     axis = node.attrs["axis"]
     idx = graph.nodes[node.inputs[1]]
     table = graph.nodes[node.inputs[0] if node.op == "take" else node.inputs[2]]
+    names = ["x", "idx"] if node.op == "take" else ["g", "idx"]
+    dtypes = [graph.nodes[i].dtype for i in data_inputs(node)]
+    body, position = [], 0
+    for name, rank, dtype in zip(names, ranks, dtypes):
+        dims = _tuple([f"a[{position + 1 + j}]" for j in range(rank)])
+        body.append(_carray(name, str(position), dims, dtype))
+        position += 1 + rank
+    out_dims = _tuple([f"a[{position + 1 + j}]" for j in range(max(len(node.shape), 1))])
+    body.append(_carray("out", str(position), out_dims, node.dtype))
     outer = [f"p{a}" for a in range(axis)]
     inner = [f"j{a}" for a in range(len(idx.shape))]
     rest = [f"q{a}" for a in range(len(table.shape) - axis - 1)]
     gathered = ", ".join(outer + inner + rest) or "0"
     scattered = ", ".join(outer + ["t"] + rest)
     if node.op == "take":
-        params, driver = "x, idx, out", "out"
-        pre_lines = [f"n = x.shape[{axis}]"]
+        driver = "out"
+        body.append(f"n = x.shape[{axis}]")
         last = f"out[{gathered}] = x[{scattered}]"
     else:
-        params, driver = "g, idx, out", "g"
-        pre_lines = [f"n = out.shape[{axis}]", "out[...] = 0"]
+        driver = "g"
+        body += [f"n = out.shape[{axis}]", "out[...] = 0"]
         last = f"out[{scattered}] += g[{gathered}]"
     loops = [(v, f"{driver}.shape[{k}]") for k, v in enumerate(outer + inner + rest)]
-    body = [f"t = idx[{', '.join(inner) if inner else '0'}]", "if t < 0:", "    t += n",
-            "if t < 0 or t >= n:", "    raise IndexError('take: index out of range')", last]
-    lines = [KERNEL_DECORATOR, f"def kernel({params}):"] + ["    " + p for p in pre_lines]
-    depth = 1
+    inner_body = [f"t = idx[{', '.join(inner) if inner else '0'}]", "if t < 0:", "    t += n",
+                  "if t < 0 or t >= n:", "    return 2", last]
+    depth = 0
     for var, bound in loops:
-        lines.append("    " * depth + f"for {var} in range({bound}):")
+        body.append("    " * depth + f"for {var} in range({bound}):")
         depth += 1
-    lines += ["    " * depth + b for b in body]
-    header = f"# graphc kernel: {node.op} along axis {axis}\n"
-    return header + KERNEL_PRELUDE + "\n\n" + "\n".join(lines) + "\n"
+    body += ["    " * depth + b for b in inner_body]
+    title = (f"{node.op} along axis {axis}, {' '.join(dtypes)} -> {node.dtype}, ranks "
+             f"{ranks} -> {len(node.shape)}")
+    return _source("exact", title, body)
 
 
-def kernel_file_name(kernel: Kernel) -> str:
-    return os.path.basename(kernel.path)
+def call_source(module: str, function: str, operands: list[tuple[str, int]],
+                out: tuple[str, int], extra: int) -> str:
+    """A call of the library kernel `module.function(*operands, out, *ints)` on contiguous
+    arrays. Block: per operand its address and sizes, the output's, then the ints."""
+    body, names, position = [], [], 0
+    for k, (dtype, rank) in enumerate(operands + [out]):
+        name = f"v{k}"
+        dims = _tuple([f"a[{position + 1 + j}]" for j in range(rank)])
+        body.append(_carray(name, str(position), dims, dtype))
+        names.append(name)
+        position += 1 + rank
+    names += [f"a[{position + j}]" for j in range(extra)]
+    body.append(f"{function}({', '.join(names)})")
+    title = f"call {module}.{function} ({module} sha256 {module_digest(module)})"
+    return _source("exact", title, body, f"from {module} import {function}\n")
+
+
+def describe_shape(node: Node) -> str:
+    return f"{format_shape(node.shape)} {node.dtype}"

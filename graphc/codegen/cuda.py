@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from graphc.codegen.cache import CacheStats, write_module
-from graphc.codegen.cpu import Kernel, _scalar_expr, literal
+from graphc.codegen.common import Kernel, literal, scalar_expr
 from graphc.errors import GraphError
 from graphc.ir import Graph, Node
 from graphc.ops import OPS
@@ -533,7 +533,7 @@ def loop_kernel_source(graph: Graph, group: Group, dense: dict[int, bool],
 
     for nid in body_ids:
         node = graph.nodes[nid]
-        expr = _scalar_expr(node, [operand(i) for i in data_inputs(node)], graph, "lin")
+        expr = scalar_expr(node, [operand(i) for i in data_inputs(node)], graph, "lin")
         needs_lin = needs_lin or "{_flat}" in (OPS[node.op].scalar or "")
         body.append(f"{local[nid]} = {expr}")
         if nid in store_names:

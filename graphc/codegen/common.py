@@ -1,0 +1,82 @@
+"""What the code generators of every target share: scalar expressions of fused ops, typed
+literals, the record of a generated kernel, and digests of the library code kernels call."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from graphc.ir import Graph, Node
+from graphc.ops import OPS
+from graphc.passes.fusion import BROADCASTS, Group
+
+MATH = ("exp", "log", "tanh", "sigmoid", "sqrt", "erf", "pow")
+CTOR = {"float32": "np.float32", "float64": "np.float64", "int8": "np.int8",
+        "int16": "np.int16", "int32": "np.int32", "int64": "np.int64", "uint8": "np.uint8",
+        "uint16": "np.uint16", "uint32": "np.uint32", "uint64": "np.uint64",
+        "bool": "np.bool_"}
+
+
+def literal(value: np.ndarray, dtype: str) -> str:
+    """A scalar constant as typed source (`np.float32(0.5)`): an untyped Python float would
+    turn float32 arithmetic into float64."""
+    v = value.reshape(()).item()
+    if dtype == "bool":
+        return "True" if v else "False"
+    if isinstance(v, float):
+        if np.isnan(v):
+            text = "np.nan"
+        elif np.isinf(v):
+            text = "np.inf" if v > 0 else "-np.inf"
+        else:
+            text = repr(v)
+    else:
+        text = repr(int(v))
+    return f"{CTOR[dtype]}({text})"
+
+
+def scalar_expr(node: Node, operands: list[str], graph: Graph, flat: str = "0") -> str:
+    """The scalar expression of an elementwise node over operand expressions."""
+    if node.op in BROADCASTS:
+        return operands[0]
+    op = OPS[node.op]
+    template = op.scalar or ""
+    source_dtype = graph.nodes[node.inputs[0]].dtype if node.inputs else node.dtype
+    suffix = "_f64" if source_dtype == "float64" else "_f32"
+    for name in MATH:
+        template = template.replace(f"_{name}(", f"{name}{suffix}(")
+    if node.op == "pow":
+        template = f"pow{suffix}({{0}}, {{1}})"
+    attrs = {k: v for k, v in node.attrs.items() if k != "dtype"}
+    return template.format(*operands, T=CTOR[node.dtype], _flat=flat, **attrs)
+
+
+@dataclass
+class Kernel:
+    """One generated kernel: its source, the file it lives in, and what it computes."""
+
+    group: Group
+    name: str
+    source: str
+    module: str = ""
+    path: str = ""
+    nodes: list[int] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+
+
+def module_digest(module: str) -> str:
+    """sha256 (16 hex digits) of a library module's source file: Numba's cache of a kernel
+    does not notice a change in the functions it calls, so generated files name them."""
+    with open(importlib.import_module(module).__file__, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:16]
+
+
+def kernel_library_version() -> str:
+    """Hash of the hand-written scalar kernels generated loops call."""
+    digest = hashlib.sha256()
+    for module in ("kernels.cpu.fastmath", "kernels.cpu.scalar", "kernels.cpu.rng"):
+        digest.update(module_digest(module).encode())
+    return digest.hexdigest()[:16]

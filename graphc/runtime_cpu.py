@@ -1,0 +1,268 @@
+"""The CPU target's compiled functions: a program of kernel calls (graphc/codegen/cpu.py)
+run by the executor of kernels/cpu/program.py.
+
+For each combination of feed shapes, a plan fills the program's argument blocks into one
+int64 table: sizes, the addresses of parameters, buffers and scratch copies, and byte strides
+of views. Feeds change at every call: the plan records where their addresses go (with the
+offset of each view into them) and a call writes them there before running the program.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from graphc.codegen.cpu import Instruction, Program
+from graphc.errors import GraphError
+from graphc.ir import Graph
+from graphc.passes.memory import VIEW_OPS
+from graphc.runtime import CompiledFunction, CompileReport, _step_array, concrete_shapes
+from kernels.cpu.program import STATUS_INDEX_RANGE, STATUS_NOT_FINITE, execute
+from kernels.cpu.threads import set_blas_threads, threads_for
+
+
+@dataclass
+class _Plan:
+    """The filled program for one combination of feed shapes."""
+
+    table: np.ndarray           # every block, back to back
+    blocks: np.ndarray          # address of each instruction's block
+    patches: dict[str, tuple[np.ndarray, np.ndarray]]   # feed -> (table positions, offsets)
+    outputs: list[np.ndarray]   # where the step leaves its outputs
+    keep: list[Any]             # arrays the table points into
+    blas_threads: int
+
+
+class _Kernels:
+    """What CompiledFunction reads of a writer: its kernels (no step arguments)."""
+
+    def __init__(self, kernels: list[Any]) -> None:
+        self.kernels = kernels
+        self.args: list = []
+        self.size_slots: list = []
+
+
+class ProgramFunction(CompiledFunction):
+    """A CPU step: the program of kernel calls and, per feed-shape combination, its plan."""
+
+    def __init__(self, program: Graph, code: Program, addresses: dict[str, int],
+                 report: CompileReport, optimizer: Any, single: bool,
+                 user_graph: Graph) -> None:
+        super().__init__(program, None, _Kernels(code.kernels), report, optimizer, single,
+                         user_graph, code.listing, "", program.memory.slot)
+        self.code = code
+        self._functions = np.array([addresses[i.kernel.module] for i in code.instructions],
+                                   dtype=np.int64)
+        self._is_check = np.array([i.check for i in code.instructions], dtype=np.bool_)
+        self._plans: dict[tuple, _Plan] = {}
+
+    def __call__(self, **feeds: Any) -> Any:
+        arrays, step_number, key = self._begin_call(feeds)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plan(arrays)
+            self._plans[key] = plan
+        table = plan.table
+        held = []
+        for name, (positions, offsets) in plan.patches.items():
+            a = _step_array(arrays[name])
+            held.append(a)
+            table[positions] = a.ctypes.data + offsets
+        set_blas_threads(plan.blas_threads)
+        index, status = execute(self._functions, plan.blocks, self._is_check,
+                                self.check_finite and self.optimizer is not None)
+        del held
+        if status == STATUS_NOT_FINITE:
+            return self._non_finite(arrays, plan.outputs)
+        if status == STATUS_INDEX_RANGE:
+            raise self._index_error(self.code.instructions[index])
+        if status:
+            raise GraphError(f"internal: instruction {index} stopped the step with status "
+                             f"{status}")
+        if self.optimizer is not None:
+            self.state["step"] = step_number
+        return self._results(plan.outputs)
+
+    def _index_error(self, instruction: Instruction) -> IndexError:
+        node = self.program.nodes[instruction.nodes[0]]
+        return IndexError(f"{node.op} {node.label} built at {node.where}: an index is out of "
+                          f"range for the axis it indexes; parameters and optimizer state "
+                          f"were left unchanged")
+
+    # -- plans ---------------------------------------------------------------------------
+    def _plan(self, arrays: dict[str, np.ndarray]) -> _Plan:
+        feeds = dict(arrays)
+        feeds.update({k: v.reshape(()) for k, v in self._hyper.items()})
+        shapes = concrete_shapes(self.program, feeds)
+        resolver = _Resolver(self.program, self.code, shapes, self._hyper)
+        values: list[int] = []
+        patches: dict[str, list[tuple[int, int]]] = {}
+        starts: list[int] = []
+        for instruction in self.code.instructions:
+            starts.append(len(values))
+            for arg in instruction.args:
+                resolver.expand(arg, values, patches)
+        table = np.array(values or [0], dtype=np.int64)
+        blocks = table.ctypes.data + 8 * np.array(starts, dtype=np.int64)
+        patch_arrays = {name: (np.array([p for p, _ in entries], dtype=np.int64),
+                               np.array([o for _, o in entries], dtype=np.int64))
+                        for name, entries in patches.items()}
+        outputs = [resolver.array(ref)[0] for ref in self.code.outputs]
+        flops = max((2.0 * math.prod(shapes[n.id]) * shapes[n.inputs[0]][-1]
+                     for n in self.program.nodes if n.op == "matmul"), default=0.0)
+        return _Plan(table, blocks, patch_arrays, outputs,
+                     [table, resolver.keep, resolver.storage],
+                     threads_for(flops))
+
+
+class _Resolver:
+    """Arrays of a program's references for one combination of run-time shapes. A feed
+    resolves to a placeholder of its shape; addresses inside it are patched at each call."""
+
+    def __init__(self, program: Graph, code: Program, shapes: dict[int, tuple],
+                 hyper: dict[str, np.ndarray]) -> None:
+        self.program = program
+        self.code = code
+        self.shapes = shapes
+        self.hyper = hyper
+        self.memory = program.memory
+        self.cache: dict[Any, tuple[np.ndarray, str | None]] = {}
+        self.placeholders: dict[str, np.ndarray] = {}
+        self.keep: list[np.ndarray] = []
+        sizes: dict[int, int] = {}
+        dtypes: dict[int, str] = {}
+        for nid, slot in self.memory.slot.items():
+            sizes[slot] = max(sizes.get(slot, 1), math.prod(shapes[nid]))
+            dtypes[slot] = program.nodes[nid].dtype
+        self.storage = {slot: np.zeros(size, dtype=dtypes[slot]) for slot, size in sizes.items()}
+
+    def shape(self, nid: int) -> tuple:
+        return self.shapes[nid] or (1,)
+
+    def array(self, ref: tuple) -> tuple[np.ndarray, str | None]:
+        """(array, name of the feed it lies in or None)."""
+        hit = self.cache.get(ref)
+        if hit is None:
+            hit = self._resolve(ref)
+            self.cache[ref] = hit
+        return hit
+
+    def _resolve(self, ref: tuple) -> tuple[np.ndarray, str | None]:
+        kind = ref[0]
+        if kind == "node":
+            return self._node(ref[1])
+        if kind == "copy":
+            node = self.program.nodes[ref[1]]
+            return self._scratch(self.shape(ref[1]), node.dtype), None
+        if kind == "bcast":
+            operand, out = self.shapes[ref[1]], self.shapes[ref[2]]
+            return self._scratch(out[:-2] + operand[-2:], self.program.nodes[ref[1]].dtype), None
+        if kind == "part":
+            base, feed = self.array(ref[1])
+            return base[tuple(slice(*part) for part in ref[2])], feed
+        raise GraphError(f"internal: unknown array reference {ref!r}")
+
+    def _scratch(self, shape: tuple, dtype: str) -> np.ndarray:
+        a = np.zeros(shape, dtype=dtype)
+        self.keep.append(a)
+        return a
+
+    def _node(self, nid: int) -> tuple[np.ndarray, str | None]:
+        node = self.program.nodes[nid]
+        shape = self.shape(nid)
+        if nid in self.code.view_sources:
+            base, feed = self.array(self.code.view_sources[nid])
+            return _view_reshape(base, shape, node), feed
+        if node.op == "input":
+            if node.name in self.hyper:
+                return self.hyper[node.name], None
+            if node.name not in self.placeholders:
+                self.placeholders[node.name] = np.empty(shape, dtype=node.dtype)
+            return self.placeholders[node.name], node.name
+        if node.op in ("param", "state"):
+            store = self.program.param_values if node.op == "param" else \
+                self.program.state_values
+            a = store[node.name]
+            return (a.reshape(1) if a.ndim == 0 else a), None
+        if node.op == "const":
+            value = _step_array(node.attrs["value"])
+            self.keep.append(value)
+            return (value.reshape(1) if value.ndim == 0 else value), None
+        if node.op == "dim_size":
+            src = self.shapes[node.inputs[0]]
+            count = math.prod(src[a] for a in node.attrs["axes"])
+            a = self._scratch((1,), node.dtype)
+            a[0] = count
+            return a, None
+        if nid in self.memory.alias and node.op in VIEW_OPS:
+            base, feed = self.array(("node", self.memory.alias[nid]))
+            if node.op == "transpose":
+                return base.transpose(node.attrs["perm"]), feed
+            if node.op == "slice":
+                index = tuple(slice(s, e, st) for s, e, st in node.attrs["index"])
+                return base[index], feed
+            return _view_reshape(base, shape, node), feed
+        if nid in self.memory.inplace:
+            name = self.memory.inplace[nid]
+            store = self.program.param_values if name in self.program.param_values else \
+                self.program.state_values
+            a = store[name]
+            return (a.reshape(1) if a.ndim == 0 else a), None
+        if nid in self.memory.slot:
+            flat = self.storage[self.memory.slot[nid]]
+            return flat[:math.prod(shape)].reshape(shape), None
+        raise GraphError(f"internal: node {node.label} ({node.op}) has no storage")
+
+    def expand(self, arg: tuple, values: list[int], patches: dict[str, list]) -> None:
+        kind = arg[0]
+        if kind == "int":
+            values.append(int(arg[1]))
+        elif kind == "size":
+            values.append(int(self.shapes[arg[1]][arg[2]]))
+        elif kind == "count":
+            values.append(int(math.prod(self.shapes[arg[1]])))
+        elif kind == "batch":
+            values.append(int(math.prod(self.shapes[arg[1]][a] for a in arg[2])))
+        elif kind == "addr":
+            self._address(*self.array(arg[1]), values, patches)
+        elif kind == "strides":
+            values.extend(int(s) for s in self.array(arg[1])[0].strides)
+        elif kind == "copy_args":
+            src, src_feed = self.array(arg[1])
+            dst, dst_feed = self.array(arg[2])
+            if dst_feed is not None:
+                raise GraphError("internal: a copy into a feed")
+            src = np.broadcast_to(src.reshape(src.shape or (1,)), dst.shape)
+            values.extend(int(d) for d in dst.shape)
+            self._address(src, src_feed, values, patches)
+            values.extend(int(s) for s in src.strides)
+            self._address(dst, None, values, patches)
+            values.extend(int(s) for s in dst.strides)
+        else:
+            raise GraphError(f"internal: unknown block entry {arg!r}")
+
+    def _address(self, a: np.ndarray, feed: str | None, values: list[int],
+                 patches: dict[str, list]) -> None:
+        address = a.ctypes.data if a.size else self.placeholder_base(feed, a)
+        if feed is not None:
+            base = self.placeholders[feed].ctypes.data
+            patches.setdefault(feed, []).append((len(values), address - base))
+        values.append(int(address))
+
+    def placeholder_base(self, feed: str | None, a: np.ndarray) -> int:
+        # an empty view: any address inside its base does (nothing is read)
+        return self.placeholders[feed].ctypes.data if feed is not None else a.ctypes.data
+
+
+def _view_reshape(base: np.ndarray, shape: tuple, node: Any) -> np.ndarray:
+    """`base` seen with another shape, never copied (a copy would hold stale values)."""
+    view = base.view()
+    try:
+        view.shape = shape
+    except AttributeError:
+        raise GraphError(f"internal: {node.op} {node.label} is not a view of its operand's "
+                         "memory") from None
+    return view
