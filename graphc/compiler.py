@@ -121,7 +121,7 @@ def _compile_program(program: Graph, report: CompileReport, optimizer: Optimizer
     report.unique_kernels = len(code.modules)
     report.cache_written, report.cache_reused = stats.written, stats.reused
     report.cache_repaired = stats.repaired
-    addresses, workers = compile_modules(code.modules, timings)
+    addresses, workers = compile_modules(code.modules + [code.executor], timings)
     report.compile_workers = workers
     return ProgramFunction(program, code, addresses, report, optimizer, single, user_graph)
 

@@ -9,6 +9,7 @@ offset of each view into them) and a call writes them there before running the p
 
 from __future__ import annotations
 
+import ctypes
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -20,8 +21,12 @@ from graphc.errors import GraphError
 from graphc.ir import Graph
 from graphc.passes.memory import VIEW_OPS
 from graphc.runtime import CompiledFunction, CompileReport, _step_array, concrete_shapes
-from kernels.cpu.program import STATUS_INDEX_RANGE, STATUS_NOT_FINITE, execute
+from kernels.cpu.program import STATUS_INDEX_RANGE, STATUS_NOT_FINITE
 from kernels.cpu.threads import set_blas_threads, threads_for
+
+# The executor's C signature (kernels/cpu/program.py); ctypes releases the GIL for the call.
+_EXECUTOR = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                             ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)
 
 
 @dataclass
@@ -34,6 +39,7 @@ class _Plan:
     outputs: list[np.ndarray]   # where the step leaves its outputs
     keep: list[Any]             # arrays the table points into
     blas_threads: int
+    status: np.ndarray          # where the executor writes the status that stopped it
 
 
 class _Kernels:
@@ -56,7 +62,8 @@ class ProgramFunction(CompiledFunction):
         self.code = code
         self._functions = np.array([addresses[i.kernel.module] for i in code.instructions],
                                    dtype=np.int64)
-        self._is_check = np.array([i.check for i in code.instructions], dtype=np.bool_)
+        self._is_check = np.array([i.check for i in code.instructions], dtype=np.uint8)
+        self._execute = _EXECUTOR(addresses[code.executor[0]])
         self._plans: dict[tuple, _Plan] = {}
 
     def __call__(self, **feeds: Any) -> Any:
@@ -72,9 +79,13 @@ class ProgramFunction(CompiledFunction):
             held.append(a)
             table[positions] = a.ctypes.data + offsets
         set_blas_threads(plan.blas_threads)
-        index, status = execute(self._functions, plan.blocks, self._is_check,
-                                self.check_finite and self.optimizer is not None)
+        check = self.check_finite and self.optimizer is not None
+        index = self._execute(self._functions.ctypes.data, plan.blocks.ctypes.data,
+                              self._is_check.ctypes.data, len(self._functions), check,
+                              plan.status.ctypes.data)
         del held
+        status = int(plan.status[0]) if index >= 0 else 0
+        plan.status[0] = 0
         if status == STATUS_NOT_FINITE:
             return self._non_finite(arrays, plan.outputs)
         if status == STATUS_INDEX_RANGE:
@@ -115,7 +126,7 @@ class ProgramFunction(CompiledFunction):
                      for n in self.program.nodes if n.op == "matmul"), default=0.0)
         return _Plan(table, blocks, patch_arrays, outputs,
                      [table, resolver.keep, resolver.storage],
-                     threads_for(flops))
+                     threads_for(flops), np.zeros(1, dtype=np.int64))
 
 
 class _Resolver:

@@ -38,6 +38,7 @@ import numpy as np
 import pytest
 
 import graphc as gc
+from graphc.codegen.build import compile_count
 from graphc.runtime import CompiledFunction
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -301,7 +302,7 @@ def test_lr_change_and_schedule_without_recompiling() -> None:
     g, loss = regression_graph("float64")
     start = {k: a.copy() for k, a in g.param_values.items()}
     step = compile_step(loss, cfg.make())
-    fn, report = step._fn, step.compile_report
+    kernels, report = step._functions, step.compile_report
     schedule = [0.05] * 10 + [0.01] * 10 + [0.1 / t for t in range(21, STEPS + 1)]
     losses, history = [], []
     for t, (x, y) in enumerate(regression_data(), start=1):
@@ -318,9 +319,9 @@ def test_lr_change_and_schedule_without_recompiling() -> None:
     # The changes mattered (the constant-lr run went elsewhere) ...
     constant = compiled_trajectory("adam", "float64")
     assert not np.allclose(constant.params[-1]["w"], history[-1]["w"], rtol=1e-3)
-    # ... and cost no compilation: same compiled step, one Numba specialisation.
-    assert step._fn is fn and step.compile_report is report
-    assert len(fn.signatures) == 1
+    # ... and cost no compilation: the same kernels, one plan for the one feed shape.
+    assert step._functions is kernels and step.compile_report is report
+    assert len(step._plans) == 1
 
 
 def test_sgd_lr_change_keeps_momentum_buffer() -> None:
@@ -388,6 +389,7 @@ def test_batch_size_changes_without_recompiling() -> None:
     grads = gc.grad(loss, params)
     lr = 0.1
     step = compile_step(loss, gc.optim.SGD(lr))
+    compiled_before = compile_count()
     x, y = blobs(19, seed=3)
     x.setflags(write=False)  # read-only feeds (np.load(mmap_mode="r"), broadcasts) too
     # 8, 8, then the last partial batch of 3, then a full batch again
@@ -402,8 +404,9 @@ def test_batch_size_changes_without_recompiling() -> None:
             np.testing.assert_allclose(step.params[p.name], before[p.name] - lr * gp,
                                        rtol=1e-5, atol=1e-6,
                                        err_msg=f"{p.name} after rows {lo}:{hi}")
-    # one Numba specialisation: run-time sizes and read-only feeds need no recompilation
-    assert len(step._fn.signatures) == 1
+    # run-time sizes and read-only feeds need no recompilation: kernels are C functions of
+    # one signature, and the executor has one specialisation
+    assert compile_count() == compiled_before
     assert step.state["step"] == 4
 
 
@@ -413,6 +416,7 @@ def test_predict_sees_trained_params_and_fetch_returns_accuracy() -> None:
     g, logits, loss, accuracy = classifier()
     predict = gc.compile([logits])
     step = compile_step(loss, gc.optim.Adam(lr=0.05), fetch=[accuracy])
+    compiled_before = compile_count()
     for name, arr in step.params.items():
         assert predict.params[name] is arr, f"{name} is not shared"
         assert g.param_values[name] is arr
@@ -433,7 +437,7 @@ def test_predict_sees_trained_params_and_fetch_returns_accuracy() -> None:
         outputs.append(out)
     assert not np.allclose(outputs[0], outputs[-1]), "predictions never changed"
     assert got_acc >= 0.85 and got_loss < 0.5 * initial_loss
-    assert len(predict._fn.signatures) == 1
+    assert compile_count() == compiled_before
 
 
 def test_step_introspection(graphc_cache_dir: str) -> None:

@@ -1,6 +1,7 @@
-"""Compiling a program's kernels: each generated module is imported (Numba compiles its
-`cfunc`, or loads it from Numba's cache beside the file), the ones not yet cached shared out
-among worker processes when there are enough of them to pay for a worker's start.
+"""Compiling a program's kernels. A kernel whose machine code is kept (kernels/cpu/program.py)
+is loaded from it; the others are compiled by importing their module (Numba compiles its
+`cfunc`), shared out among worker processes when there are enough of them to pay for a
+worker's start, and their machine code is kept for the next time.
 
 Measured on 2 cores: a kernel takes about 0.1 s to compile, a worker about 0.6 s to start
 (Python, Numba and its first compilation), so one worker beside this process halves the
@@ -9,32 +10,29 @@ time of a cold 2-block transformer's 40-odd kernels.
 
 from __future__ import annotations
 
-import glob
 import os
 import subprocess
 import sys
 import time
 
 from graphc.codegen.cache import load_module, purge
+from kernels.cpu.program import load_object, save_object
 
 # Below this many kernels to compile, a worker costs more than it saves.
 MIN_KERNELS_PER_WORKER = 8
 
+# A worker imports only numba and the kernel library, not graphc (whose import loads SciPy).
 _WORKER = """
-import importlib.util, sys
+import importlib.util, os, sys
+from kernels.cpu.program import save_object
 for path in sys.argv[1:]:
-    module = path.rsplit("/", 1)[-1][:-3]
+    module = os.path.basename(path)[:-3]
     spec = importlib.util.spec_from_file_location(module, path)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[module] = mod
     spec.loader.exec_module(mod)
+    save_object(mod.kernel, path)
 """
-
-
-def is_cached(module: str, path: str) -> bool:
-    """Whether Numba's cache beside `path` has an index for the module's kernel."""
-    pattern = os.path.join(os.path.dirname(path), "__pycache__", glob.escape(module) + ".*.nbi")
-    return bool(glob.glob(pattern))
 
 
 def worker_count(uncached: int) -> int:
@@ -48,37 +46,59 @@ def worker_count(uncached: int) -> int:
     return max(0, min(cores - 1, uncached // MIN_KERNELS_PER_WORKER))
 
 
+_loaded: dict[str, int] = {}   # module -> kernel address, for this process
+_compiled = 0                  # kernels this process compiled (not loaded)
+
+
+def compile_count() -> int:
+    """How many kernels this process has compiled so far (kept machine code not counted)."""
+    return _compiled
+
+
 def compile_modules(modules: list[tuple[str, str]], timings: dict[str, float] | None = None
                     ) -> tuple[dict[str, int], int]:
-    """Import every (module, path) and return ({module: kernel address}, workers used).
-    A module whose cache entry is unusable is purged and compiled afresh."""
+    """The kernel address of every (module, path), compiling what has no machine code kept;
+    returns ({module: address}, worker processes used)."""
     start = time.perf_counter()
-    uncached = [(m, p) for m, p in modules if m not in sys.modules and not is_cached(m, p)]
-    workers = worker_count(len(uncached))
+    for module, path in modules:
+        if module not in _loaded:
+            address = load_object(path)
+            if address is not None:
+                _loaded[module] = address
+    missing = [(m, p) for m, p in modules if m not in _loaded]
+    workers = worker_count(len(missing))
     procs: list[subprocess.Popen] = []
-    if workers:
-        # this process takes the first share, each worker one of the rest
-        shares = [uncached[k::workers + 1] for k in range(workers + 1)]
-        for share in shares[1:]:
-            procs.append(subprocess.Popen(
-                [sys.executable, "-c", _WORKER, *[p for _, p in share]],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
-        mine = {m for m, _ in shares[0]}
-        for module, path in uncached:
-            if module in mine:
-                _load(module, path)
-        for proc in procs:
-            proc.communicate()
-    addresses = {module: _load(module, path) for module, path in modules}
+    # this process takes the first share, each worker one of the rest
+    shares = [missing[k::workers + 1] for k in range(workers + 1)]
+    for share in shares[1:]:
+        procs.append(subprocess.Popen([sys.executable, "-c", _WORKER, *[p for _, p in share]],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    for module, path in shares[0]:
+        _loaded[module] = _compile(module, path)
+    for proc in procs:
+        proc.wait()
+    for share in shares[1:]:
+        for module, path in share:
+            # a worker that failed leaves no machine code: compile here (and see the error)
+            address = load_object(path)
+            _loaded[module] = address if address is not None else _compile(module, path)
     if timings is not None:
         timings["kernels"] = time.perf_counter() - start
-    return addresses, len(procs)
+    return {m: _loaded[m] for m, _ in modules}, len(procs)
 
 
-def _load(module: str, path: str) -> int:
+def _compile(module: str, path: str) -> int:
+    """Compile (or load from Numba's cache) the kernel of a module, keeping its machine code."""
+    global _compiled
+    _compiled += 1
     try:
-        return load_module(module, path).kernel.address
+        kernel = load_module(module, path).kernel
     except Exception:
         # A damaged Numba cache entry raises whatever unpickling raises; start it afresh.
         purge(module, path)
-        return load_module(module, path).kernel.address
+        kernel = load_module(module, path).kernel
+    try:
+        save_object(kernel, path)
+    except (OSError, RuntimeError):
+        pass   # loaded from Numba's cache (no object code at hand) or not writable
+    return kernel.address

@@ -38,7 +38,7 @@ from graphc.ir import Graph, Node, format_shape
 from graphc.ops import OPS
 from graphc.passes.fusion import Group, data_inputs, describe_group
 from graphc.passes.memory import MemoryPlan
-from kernels.cpu.program import library_digest
+from kernels.cpu.program import EXECUTOR_SOURCE, library_digest
 
 FASTMATH = "{'reassoc', 'nsz', 'contract'}"
 _DECORATOR = {
@@ -93,6 +93,7 @@ class Program:
     outputs: list[Ref]
     listing: str = ""
     modules: list[tuple[str, str]] = field(default_factory=list)   # unique (module, path)
+    executor: tuple[str, str] = ("", "")     # (module, path) of the executor
 
 
 def _version_line() -> str:
@@ -168,6 +169,7 @@ class ProgramWriter:
         program = Program(self.instructions, self.kernels, self.view_sources, outputs)
         program.listing = self.listing()
         program.modules = sorted({(k.module, k.path) for k in self.kernels})
+        program.executor = write_module("graphc_kernel", executor_source(), self.stats)
         return program
 
     def output_ref(self, nid: int) -> Ref:
@@ -407,6 +409,13 @@ class ProgramWriter:
                 args += [("addr", self.ref(nid)), ("count", nid)]
             self.add(finite_check_source(dtype), args, group,
                      f"check: {what} ({len(group)} array(s))", check=True)
+
+
+def executor_source() -> str:
+    """The executor of every program (kernels/cpu/program.py), as a module like a kernel's."""
+    return ("# graphc program executor\n" + _version_line() + "\n" + PRELUDE.replace(
+        "KERNEL_SIGNATURE, address, strided", "EXECUTOR_SIGNATURE, call_kernel") + "\n" +
+        EXECUTOR_SOURCE)
 
 
 def _unit_axes_only(src: tuple, dst: tuple) -> bool:
