@@ -169,7 +169,7 @@ class ProgramWriter:
         program = Program(self.instructions, self.kernels, self.view_sources, outputs)
         program.listing = self.listing()
         program.modules = sorted({(k.module, k.path) for k in self.kernels})
-        program.executor = write_module("graphc_kernel", executor_source(), self.stats)
+        program.executor = write_module("graphc_kernel", executor_source())
         return program
 
     def output_ref(self, nid: int) -> Ref:
