@@ -2,7 +2,9 @@
 
 Each builder returns `(loss, feeds)`: the scalar training loss and a dict of feeds for one
 batch (numpy arrays from `np.random.default_rng(0)`). `MODELS` maps the benchmark's model
-names to builders; the same builders serve the compile-cache tests.
+names to builders; the same builders serve the compile-cache tests. `WIDTH_VARIANTS` maps
+each name to the same model with one layer's width changed (`benchmarks/compile_bench.py`
+times recompiling it on the cache the original filled).
 """
 
 from __future__ import annotations
@@ -17,10 +19,15 @@ import graphc as gc
 
 
 def char_transformer(blocks: int, vocab: int = 65, context: int = 32, width: int = 64,
-                     heads: int = 2, batch: int = 32) -> tuple[Any, dict[str, np.ndarray]]:
+                     heads: int = 2, batch: int = 32,
+                     ffn_hidden: dict[int, int] | None = None
+                     ) -> tuple[Any, dict[str, np.ndarray]]:
     """A decoder-only character transformer: token and position embeddings, `blocks` x
     (layer norm, causal multi-head attention, residual; layer norm, 4x MLP with GELU,
-    residual), a final layer norm and a linear head; mean next-token cross-entropy."""
+    residual), a final layer norm and a linear head; mean next-token cross-entropy.
+
+    `ffn_hidden` maps a block index to the hidden width of its MLP instead of 4 * `width`.
+    """
     g = gc.Graph(f"transformer{blocks}", seed=0)
     ids = g.input("ids", (None, context), dtype="int64")
     targets = g.input("targets", (None, context), dtype="int64")
@@ -40,7 +47,8 @@ def char_transformer(blocks: int, vocab: int = 65, context: int = 32, width: int
         att = gc.reshape(gc.transpose(att, (0, 2, 1, 3)), (-1, context, width))
         h = h + gc.nn.linear(att, width, name=f"b{b}.proj")
         a = gc.nn.layer_norm(h, name=f"b{b}.ln2")
-        a = gc.gelu(gc.nn.linear(a, 4 * width, name=f"b{b}.fc1"), approximate="tanh")
+        hidden = (ffn_hidden or {}).get(b, 4 * width)
+        a = gc.gelu(gc.nn.linear(a, hidden, name=f"b{b}.fc1"), approximate="tanh")
         h = h + gc.nn.linear(a, width, name=f"b{b}.fc2")
     logits = gc.nn.linear(gc.nn.layer_norm(h, name="ln_f"), vocab, name="head")
     loss = gc.mean(gc.softmax_cross_entropy(gc.reshape(logits, (-1, vocab)),
@@ -87,13 +95,16 @@ def residual_mlp(layers: int, width: int = 128, inputs: int = 64, classes: int =
                   "y": rng.integers(0, classes, size=batch)}
 
 
-def digits_mlp(batch: int = 64, hidden: int = 128) -> tuple[Any, dict[str, np.ndarray]]:
-    """The 64-128-128-10 ReLU MLP of examples/mlp_digits.py on random 8x8 inputs."""
+def digits_mlp(batch: int = 64, hidden: int = 128,
+               hidden2: int | None = None) -> tuple[Any, dict[str, np.ndarray]]:
+    """The 64-128-128-10 ReLU MLP of examples/mlp_digits.py on random 8x8 inputs; `hidden2`,
+    the width of the second hidden layer, defaults to `hidden`."""
     g = gc.Graph("digits", seed=0)
     x = g.input("x", (None, 64))
     y = g.input("y", (None,), dtype="int64")
     h = gc.relu(gc.nn.linear(x, hidden, name="fc1", init="he"))
-    h = gc.relu(gc.nn.linear(h, hidden, name="fc2", init="he"))
+    h = gc.relu(gc.nn.linear(h, hidden if hidden2 is None else hidden2, name="fc2",
+                             init="he"))
     loss = gc.mean(gc.softmax_cross_entropy(gc.nn.linear(h, 10, name="fc3"), y))
     rng = np.random.default_rng(0)
     return loss, {"x": rng.normal(size=(batch, 64)).astype(np.float32),
@@ -109,4 +120,19 @@ MODELS: dict[str, Callable[[], tuple[Any, dict[str, np.ndarray]]]] = {
     "transformer2": lambda: char_transformer(2),
     "transformer4": lambda: char_transformer(4),
     "transformer8": lambda: char_transformer(8),
+}
+
+#: Each model with one layer's width changed: (what changed, builder).
+WIDTH_VARIANTS: dict[str, tuple[str, Callable[[], tuple[Any, dict[str, np.ndarray]]]]] = {
+    "digits": ("second hidden layer 128 -> 96", lambda: digits_mlp(hidden2=96)),
+    "resmlp8": ("classifier 10 -> 12 classes", lambda: residual_mlp(8, classes=12)),
+    "resmlp32": ("classifier 10 -> 12 classes", lambda: residual_mlp(32, classes=12)),
+    "rnn16": ("classifier 10 -> 12 classes", lambda: rnn(16, classes=12)),
+    "rnn64": ("classifier 10 -> 12 classes", lambda: rnn(64, classes=12)),
+    "transformer2": ("block 0 MLP hidden 256 -> 192",
+                     lambda: char_transformer(2, ffn_hidden={0: 192})),
+    "transformer4": ("block 0 MLP hidden 256 -> 192",
+                     lambda: char_transformer(4, ffn_hidden={0: 192})),
+    "transformer8": ("block 0 MLP hidden 256 -> 192",
+                     lambda: char_transformer(8, ffn_hidden={0: 192})),
 }

@@ -98,11 +98,8 @@ def run_worker(
     workdir: Path,
     env_extra: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Run ``benchmarks._worker`` in a fresh process; return its JSON result.
-
-    A worker that crashes, times out or writes no result yields ``ok: False`` and an
-    ``error`` naming the phase it was in; ``wall_s`` is the wall time of the subprocess.
-    """
+    """Run ``benchmarks._worker`` in a fresh process; return its JSON result (see
+    ``run_process``)."""
     out = workdir / f"{impl}-{wl}-{mode}.json"
     opts = {
         "--impl": impl,
@@ -116,13 +113,31 @@ def run_worker(
     cmd = [sys.executable, "-m", "benchmarks._worker"]
     for k, v in opts.items():
         cmd += [k, str(v)]
+    return run_process(cmd, out, mode, args, env_extra)
+
+
+def run_process(
+    cmd: list[str],
+    out: Path,
+    phase: str,
+    args: argparse.Namespace,
+    env_extra: dict[str, str] | None = None,
+    cwd: Path = REPO_ROOT,
+) -> dict[str, Any]:
+    """Run the worker command ``cmd``, which writes its JSON result to ``out``; return it.
+
+    The process runs in ``cwd`` with ``worker_env(args)`` plus ``env_extra``, limited to
+    ``args.timeout`` seconds. A worker that crashes, times out or writes no result yields
+    ``ok: False`` and an ``error`` naming the phase it was in (``phase`` when it wrote
+    nothing); ``wall_s`` is the wall time of the subprocess.
+    """
     env = worker_env(args)
     env.update(env_extra or {})
     t0 = time.perf_counter()
     # A session of its own, so that a timeout also ends any compile workers it started.
     proc = subprocess.Popen(
         cmd,
-        cwd=REPO_ROOT,
+        cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -138,8 +153,8 @@ def run_worker(
         timed_out = True
     wall = time.perf_counter() - t0
     tail = (stderr or "").strip().splitlines()[-15:]
-    res = json.loads(out.read_text()) if out.exists() else {"ok": False, "error_phase": mode}
-    phase = res.get("error_phase", mode)
+    res = json.loads(out.read_text()) if out.exists() else {"ok": False, "error_phase": phase}
+    phase = res.get("error_phase", phase)
     if timed_out:
         res.update(ok=False, error=f"{phase}: timed out after {args.timeout:g} s")
     elif proc.returncode != 0 or res.get("incomplete"):

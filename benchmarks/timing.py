@@ -87,15 +87,29 @@ class BackgroundLoad:
     """CPU use while a block runs: by other processes (``cpus``) and by this one.
 
     Use as a context manager; ``cpus`` is ``None`` where ``/proc/stat`` is unavailable.
+    With ``children=True``, the CPU time of child processes that ended and were waited for
+    during the block (a worker subprocess and the processes it waited for) counts as this
+    process's own.
     """
 
     cpus: float | None = None
     #: Average number of CPUs this process used over the block.
     own_cpus: float | None = None
 
+    def __init__(self, children: bool = False) -> None:
+        self.children = children
+
+    def _own_s(self) -> float:
+        if not self.children:
+            return time.process_time()
+        import resource  # Unix only, like /proc/stat
+
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return time.process_time() + usage.ru_utime + usage.ru_stime
+
     def __enter__(self) -> BackgroundLoad:
         self._busy0 = _system_busy_s()
-        self._own0 = time.process_time()
+        self._own0 = self._own_s()
         self._t0 = time.perf_counter()
         return self
 
@@ -104,7 +118,7 @@ class BackgroundLoad:
         wall = time.perf_counter() - self._t0
         if wall <= 0:
             return
-        self.own_cpus = (time.process_time() - self._own0) / wall
+        self.own_cpus = (self._own_s() - self._own0) / wall
         if busy1 is None or self._busy0 is None:
             return
         own = self.own_cpus * wall

@@ -3,6 +3,7 @@
     graphc demo [--epochs N]                  train the digits MLP (examples/mlp_digits.py)
     graphc show model.py[:VAR] [--backward] [--format text|dot|svg] [-o FILE]
     graphc bench [ARGS...]                    run benchmarks/run.py of a source checkout
+    graphc cache [info|clear|prune [--max-mb N]]  the kernel cache: show, empty, shrink
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ EPILOG = """subcommands:
           DOT, --format svg renders it with the `dot` binary (Graphviz)
   bench   run the benchmarks (benchmarks/run.py of a source checkout; its options
           pass through, e.g. `graphc bench --workloads digits --rounds 3`)
+  cache   the kernel cache (GRAPHC_CACHE_DIR, default ~/.cache/graphc): `graphc cache
+          info` shows its directory, entries, size, cap (GRAPHC_CACHE_MAX_MB) and
+          oldest/newest use; `graphc cache clear` removes every kernel graphc keeps
+          there; `graphc cache prune [--max-mb N]` removes the least recently used ones
+          until the cache fits the cap (or N MB)
 
 `graphc SUBCOMMAND --help` describes each one."""
 
@@ -200,6 +206,50 @@ def cmd_bench(argv: list[str]) -> int:
     return subprocess.call([sys.executable, script, *argv], cwd=_ROOT)
 
 
+# -- cache ----------------------------------------------------------------------------------
+
+def _when(timestamp: float | None) -> str:
+    import time
+
+    return "-" if timestamp is None else time.strftime("%Y-%m-%d %H:%M:%S",
+                                                       time.localtime(timestamp))
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    """`graphc cache [info|clear|prune [--max-mb N]]`."""
+    from graphc.codegen import cache
+
+    action = args.cache_command or "info"
+    if action == "clear":
+        report = cache.clear()
+        print(f"removed {report.removed} entries ({report.freed / (1 << 20):.1f} MB) from "
+              f"{report.directory}")
+        return 0
+    if action == "prune":
+        if args.max_mb is not None and args.max_mb < 0:
+            raise CommandError("--max-mb must be 0 or more")
+        limit = None if args.max_mb is None else int(args.max_mb * (1 << 20))
+        if limit is None and cache.max_cache_bytes() is None:
+            print(f"{cache.cache_dir()}: no cap (GRAPHC_CACHE_MAX_MB="
+                  f"{os.environ.get('GRAPHC_CACHE_MAX_MB')}), nothing to prune; "
+                  "--max-mb N prunes to N MB")
+            return 0
+        print(cache.prune(limit))
+        return 0
+    info = cache.cache_info()
+    cap = "no cap" if info.limit is None else f"cap {info.limit / (1 << 20):.0f} MB"
+    print(f"kernel cache: {info.directory}")
+    if info.problem is not None:
+        print(f"  not writable ({info.problem}):\n  graphc compiles into a temporary "
+              "directory instead and keeps nothing")
+    elif not info.exists:
+        print("  empty: the directory does not exist (graphc creates it when it compiles)")
+    print(f"  entries:   {info.entries} (a generated module each, with its machine code)")
+    print(f"  size:      {info.bytes / (1 << 20):.1f} MB, {cap} (GRAPHC_CACHE_MAX_MB)")
+    print(f"  last used: oldest {_when(info.oldest_use)}, newest {_when(info.newest_use)}")
+    return 0
+
+
 # -- entry point ----------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="graphc", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"graphc {_version()}")
-    sub = parser.add_subparsers(dest="command", metavar="{demo,show,bench}")
+    sub = parser.add_subparsers(dest="command", metavar="{demo,show,bench,cache}")
     sub.add_parser("demo", help="train an MLP on the bundled digits (examples/mlp_digits.py)",
                    description="Train a two-hidden-layer MLP on the bundled 8x8 digits with a "
                    "compiled training step and gc.fit. Options (--epochs, --batch-size, "
@@ -230,6 +280,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("bench", help="run the benchmarks (benchmarks/run.py, source checkout)",
                    description="Run benchmarks/run.py of graphc's source checkout; every "
                    "option passes through (see `graphc bench --help`).", add_help=False)
+    cache = sub.add_parser(
+        "cache", help="show, clear or prune the kernel cache",
+        description="The kernel cache: generated kernel sources and their compiled machine "
+        "code, in GRAPHC_CACHE_DIR (default ~/.cache/graphc), kept under GRAPHC_CACHE_MAX_MB "
+        "megabytes (default 2048; 0 or none: no cap) by removing the least recently used "
+        "kernels after each compile. Without an action: info.")
+    actions = cache.add_subparsers(dest="cache_command", metavar="{info,clear,prune}")
+    actions.add_parser("info", help="directory, entries, size, cap, oldest and newest use",
+                       description="Show the cache directory, its entries (a kernel each), "
+                       "their total size, the cap and when the least and most recently used "
+                       "entries were last used.")
+    actions.add_parser("clear", help="remove every kernel graphc keeps there",
+                       description="Remove every entry graphc keeps in the cache directory "
+                       "(other files stay). The next compile compiles everything again.")
+    prune = actions.add_parser(
+        "prune", help="remove least recently used kernels down to the cap",
+        description="Remove the least recently used entries until the cache holds at most "
+        "GRAPHC_CACHE_MAX_MB (or --max-mb) megabytes. Entries used in the last 5 minutes "
+        "are kept: another process may be about to load them.")
+    prune.add_argument("--max-mb", type=float, metavar="N",
+                       help="prune to N megabytes instead of GRAPHC_CACHE_MAX_MB (0: "
+                       "everything not used in the last 5 minutes)")
     return parser
 
 
@@ -254,9 +326,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return cmd_show(args)
+        return cmd_cache(args) if args.command == "cache" else cmd_show(args)
     except CommandError as err:
-        print(f"graphc show: {err}", file=sys.stderr)
+        print(f"graphc {args.command}: {err}", file=sys.stderr)
         return 1
 
 

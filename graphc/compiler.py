@@ -14,7 +14,7 @@ import numpy as np
 from graphc.autodiff import grad
 from graphc.codegen import backends
 from graphc.codegen.build import compile_modules
-from graphc.codegen.cache import CacheStats, load_module, purge, write_module
+from graphc.codegen.cache import CacheStats, load_module, maybe_prune, purge, write_module
 from graphc.codegen.cpu import ProgramWriter
 from graphc.codegen.cpu_fused import StepWriter
 from graphc.errors import GraphError, user_location
@@ -99,6 +99,7 @@ def compile(  # noqa: A001 - the framework's verb
         fn = backends.build(target, program, groups, memory, report, optimizer, single,
                             values[0].graph)
         fn.compile_args = (outputs, optimizer, fetch, training)
+        maybe_prune()
         return fn
 
     if program.shards is not None and program.shards.enabled:
@@ -106,6 +107,7 @@ def compile(  # noqa: A001 - the framework's verb
     else:
         fn = _compile_program(program, report, optimizer, single, values[0].graph)
     fn.compile_args = (outputs, optimizer, fetch, training)
+    maybe_prune()
     return fn
 
 
@@ -121,9 +123,11 @@ def _compile_program(program: Graph, report: CompileReport, optimizer: Optimizer
     report.unique_kernels = len(code.modules)
     report.cache_written, report.cache_reused = stats.written, stats.reused
     report.cache_repaired = stats.repaired
-    addresses, workers = compile_modules(code.modules + [code.executor], timings)
-    report.compile_workers = workers
-    return ProgramFunction(program, code, addresses, report, optimizer, single, user_graph)
+    built = compile_modules(code.modules + [code.executor], timings)
+    report.compile_workers = built.workers
+    report.cache_repaired += built.damaged
+    return ProgramFunction(program, code, built.addresses, report, optimizer, single,
+                           user_graph)
 
 
 def _compile_fused(program: Graph, report: CompileReport, optimizer: Optimizer | None,

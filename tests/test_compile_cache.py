@@ -85,12 +85,12 @@ def test_edited_renamed_moved_script_compiles_nothing(first_run: tuple, tmp_path
 
 def test_model_built_from_another_script_shares_kernels(first_run: tuple,
                                                         tmp_path: Path) -> None:
-    cache, cold, first = first_run
+    cache, _, first = first_run
     # the same model defined in a module and built by a second script that imports it
-    module = write(tmp_path / "lib" / "models_lib.py", textwrap.dedent("""
+    module = write(tmp_path / "lib" / "models_lib.py", textwrap.dedent(f"""
         def build():
-            exec(open(%r).read(), globals())
-    """ % str(first)))
+            exec(open({str(first)!r}).read(), globals())
+    """))
     runner = write(tmp_path / "run_other.py",
                    f"import sys\nsys.path.insert(0, {str(module.parent)!r})\n"
                    "import models_lib\nmodels_lib.build()\n")

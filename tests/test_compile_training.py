@@ -568,7 +568,7 @@ def run_script(tmp_path, cache: str, tag: str) -> tuple[dict, dict[str, np.ndarr
 @pytest.fixture(scope="module")
 def cache_runs(tmp_path_factory) -> dict:
     """Three processes on one fresh cache directory: cold, warm, then warm after damage to a
-    generated source file and to every Numba index/data file."""
+    generated source file and to every kept machine-code file."""
     tmp_path = tmp_path_factory.mktemp("process-cache")
     cache = str(tmp_path / "cache")
     cold, p_cold = run_script(tmp_path, cache, "cold")
@@ -578,14 +578,14 @@ def cache_runs(tmp_path_factory) -> dict:
     with open(damaged, "w") as f:
         f.write("this is not python ((\n")
     pycache = os.path.join(cache, "__pycache__")
-    numba_files = [os.path.join(pycache, n) for n in os.listdir(pycache)
-                   if n.endswith((".nbi", ".nbc"))]
-    for path in numba_files:
+    object_files = [os.path.join(pycache, n) for n in os.listdir(pycache)
+                    if n.endswith(".obj")]
+    for path in object_files:
         with open(path, "wb") as f:
             f.write(b"\x80junk" * 7)
     repaired, p_repaired = run_script(tmp_path, cache, "repaired")
     return {"cold": (cold, p_cold), "warm": (warm, p_warm), "repaired": (repaired, p_repaired),
-            "damaged": damaged, "numba_files": numba_files}
+            "damaged": damaged, "object_files": object_files}
 
 
 def test_same_seed_and_data_give_bitwise_identical_params_across_processes(cache_runs) -> None:
@@ -611,9 +611,11 @@ def test_second_process_reuses_the_disk_cache(cache_runs) -> None:
 def test_damaged_cache_files_are_detected_and_rebuilt(cache_runs) -> None:
     cold, p_cold = cache_runs["cold"]
     repaired, p_repaired = cache_runs["repaired"]
-    assert cache_runs["numba_files"], "no Numba cache files were written"
-    # the junk source file and the junk Numba cache were both noticed and rebuilt
-    assert repaired["repaired"] >= 2 and repaired["written"] == 0
+    objects = cache_runs["object_files"]
+    assert len(objects) == len(cold["files"]), "every kernel's machine code is kept"
+    # the junk source file and every junk machine-code file were noticed and rebuilt (the
+    # damaged source's machine code is dropped with it, so it counts once)
+    assert repaired["repaired"] == len(objects) and repaired["written"] == 0
     with open(cache_runs["damaged"]) as f:
         assert f.readline().startswith("# graphc-source-sha256: ")
     for k in p_cold:

@@ -57,7 +57,7 @@ def test_inspect_backward(tmp_path) -> None:
     assert lines[-1].startswith("wrote backward.graphml backward.dot")
     assert lines[-1].endswith(f" to {out}")
     text = "\n".join(lines)
-    assert "[backward:" in text and "@njit" in text and "def kernel(" in text
+    assert "[backward:" in text and "@cfunc(KERNEL_SIGNATURE" in text and "def kernel(" in text
     graph = nx.read_graphml(out / "backward.graphml")
     roles = {attrs["role"] for _, attrs in graph.nodes(data=True)}
     assert {"input", "param", "forward", "backward"} <= roles

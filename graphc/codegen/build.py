@@ -14,9 +14,10 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 from graphc.codegen.cache import load_module, purge
-from kernels.cpu.program import load_object, save_object
+from kernels.cpu.program import DamagedObjectError, load_object, save_object
 
 # Below this many kernels to compile, a worker costs more than it saves.
 MIN_KERNELS_PER_WORKER = 8
@@ -55,14 +56,28 @@ def compile_count() -> int:
     return _compiled
 
 
+@dataclass
+class BuildResult:
+    """What compile_modules did: every module's kernel address, the worker processes it
+    started, and how many modules' kept machine code was damaged (and rebuilt)."""
+
+    addresses: dict[str, int]
+    workers: int
+    damaged: int
+
+
 def compile_modules(modules: list[tuple[str, str]], timings: dict[str, float] | None = None
-                    ) -> tuple[dict[str, int], int]:
-    """The kernel address of every (module, path), compiling what has no machine code kept;
-    returns ({module: address}, worker processes used)."""
+                    ) -> BuildResult:
+    """The kernel address of every (module, path), compiling what has no machine code kept."""
     start = time.perf_counter()
+    damaged = 0
     for module, path in modules:
         if module not in _loaded:
-            address = load_object(path)
+            try:
+                address = load_object(path)
+            except DamagedObjectError:
+                damaged += 1
+                continue
             if address is not None:
                 _loaded[module] = address
     missing = [(m, p) for m, p in modules if m not in _loaded]
@@ -80,11 +95,14 @@ def compile_modules(modules: list[tuple[str, str]], timings: dict[str, float] | 
     for share in shares[1:]:
         for module, path in share:
             # a worker that failed leaves no machine code: compile here (and see the error)
-            address = load_object(path)
+            try:
+                address = load_object(path)
+            except DamagedObjectError:
+                address = None
             _loaded[module] = address if address is not None else _compile(module, path)
     if timings is not None:
         timings["kernels"] = time.perf_counter() - start
-    return {m: _loaded[m] for m, _ in modules}, len(procs)
+    return BuildResult({m: _loaded[m] for m, _ in modules}, len(procs), damaged)
 
 
 def _compile(module: str, path: str) -> int:

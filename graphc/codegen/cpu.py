@@ -211,8 +211,8 @@ class ProgramWriter:
         for k, ins in enumerate(self.instructions):
             where = sorted({short_location(self.graph.nodes[n].where) for n in ins.nodes})
             check = "  [check]" if ins.check else ""
-            lines.append(f"{k:4d}  {ins.kernel.module}  {ins.what}{check}"
-                         f"{'  from ' + ', '.join(where) if where else ''}")
+            origin = "" if not where or " from " in ins.what else "  from " + ", ".join(where)
+            lines.append(f"{k:4d}  {ins.kernel.module}  {ins.what}{check}{origin}")
         return "\n".join(lines) + "\n"
 
     # -- groups -------------------------------------------------------------------------

@@ -162,19 +162,36 @@ def save_object(kernel: Any, path: str) -> None:
 _libraries: list[Any] = []   # loaded machine code stays alive as long as the process
 
 
+class DamagedObjectError(Exception):
+    """Kept machine code that cannot be loaded (truncated, overwritten, another format)."""
+
+
 def load_object(path: str) -> int | None:
     """The address of the kernel of the module at `path` from its kept machine code, or None
-    if there is none (or it cannot be read)."""
+    if none is kept. Raises DamagedObjectError (after removing the file) if it cannot be
+    loaded."""
+    target = object_path(path)
     try:
-        with open(object_path(path), "rb") as f:
-            serialized, entry = pickle.loads(f.read())
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError):
+        with open(target, "rb") as f:
+            data = f.read()
+    except OSError:
         return None
     from numba.core.registry import cpu_target
     from numba.core.runtime import nrt
 
-    context = cpu_target.target_context
-    nrt.rtsys.initialize(context)
-    library = context.codegen().unserialize_library(serialized)
+    try:
+        serialized, entry = pickle.loads(data)
+        context = cpu_target.target_context
+        nrt.rtsys.initialize(context)
+        library = context.codegen().unserialize_library(serialized)
+        address = library.get_pointer_to_function(entry)
+        if not address:
+            raise LookupError(f"no function {entry} in it")
+    except Exception as err:   # whatever unpickling or the linker raises on junk
+        try:
+            os.remove(target)
+        except OSError:
+            pass
+        raise DamagedObjectError(f"{target}: {err}") from err
     _libraries.append(library)
-    return library.get_pointer_to_function(entry)
+    return address
