@@ -1,65 +1,173 @@
 """Compiling a program's kernels. A kernel whose machine code is kept (kernels/cpu/program.py)
 is loaded from it; the others are compiled by importing their module (Numba compiles its
-`cfunc`), shared out among worker processes when there are enough of them to pay for a
-worker's start, and their machine code is kept for the next time.
+`cfunc`), shared with worker processes, and their machine code is kept for the next time.
 
-Measured on 2 cores: a kernel takes about 0.1 s to compile, a worker about 0.6 s to start
-(Python, Numba and its first compilation), so one worker beside this process halves the
-time of a cold 2-block transformer's 40-odd kernels.
+Workers take kernels one at a time, so a slow kernel, or a worker still starting, never
+holds the others up: this process compiles from the front of the list, each worker is
+handed the next kernel from the back whenever fewer than WORKER_QUEUE are waiting for it.
+Workers stay for the rest of the process (their start costs more than most kernels), and
+exit when it does (their input closes).
+
+Measured on 2 cores: a kernel takes 0.1-0.2 s to compile, a worker about 1 s to start
+(Python, Numba, its first compilation).
 """
 
 from __future__ import annotations
 
+import atexit
+import collections
 import os
+import select
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 
+import kernels
 from graphc.codegen.cache import load_module, purge
 from kernels.cpu.program import DamagedObjectError, load_object, save_object
 
-# Below this many kernels to compile, a worker costs more than it saves.
+# Below this many kernels to compile, no worker is started (one already running is used).
 MIN_KERNELS_PER_WORKER = 8
+# Kernels handed to a worker ahead of time: it starts the next one without waiting for us.
+WORKER_QUEUE = 2
 
 # A worker imports only numba and the kernel library, not graphc (whose import loads SciPy).
+# It reads one module path per line and answers one line per path, in order.
 _WORKER = """
 import importlib.util, os, sys
 from kernels.cpu.program import save_object
-for path in sys.argv[1:]:
+for line in sys.stdin:
+    path = line.rstrip("\\n")
     module = os.path.basename(path)[:-3]
-    spec = importlib.util.spec_from_file_location(module, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[module] = mod
-    spec.loader.exec_module(mod)
-    save_object(mod.kernel, path)
+    try:
+        spec = importlib.util.spec_from_file_location(module, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[module] = mod
+        spec.loader.exec_module(mod)
+        save_object(mod.kernel, path)
+        answer = "ok"
+    except Exception:
+        answer = "failed"
+    sys.stdout.write(answer + " " + path + "\\n")
+    sys.stdout.flush()
 """
+
+
+def _usable_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def worker_count(uncached: int) -> int:
     """Worker processes for `uncached` kernels: one per MIN_KERNELS_PER_WORKER kernels,
-    at most one per core beside this process; GRAPHC_COMPILE_WORKERS overrides (0: none)."""
+    at most one per core beside this process; GRAPHC_COMPILE_WORKERS overrides (0: none).
+    Workers need a pipe that select() can wait on: none on Windows."""
     explicit = os.environ.get("GRAPHC_COMPILE_WORKERS")
     if explicit is not None and explicit.strip():
         return max(0, int(explicit))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
-        (os.cpu_count() or 1)
-    return max(0, min(cores - 1, uncached // MIN_KERNELS_PER_WORKER))
+    if os.name == "nt":
+        return 0
+    return max(0, min(_usable_cores() - 1, uncached // MIN_KERNELS_PER_WORKER))
 
 
+class _Worker:
+    """A compile worker process and the kernels handed to it that it has not answered."""
+
+    def __init__(self) -> None:
+        # the kernel library importable from wherever this process imported it
+        root = os.path.dirname(os.path.dirname(os.path.abspath(kernels.__file__)))
+        env = dict(os.environ, PYTHONIOENCODING="utf-8")
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, env=env, encoding="utf-8", bufsize=1)
+        self.waiting: collections.deque[str] = collections.deque()
+        self._buffer = ""
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def give(self, path: str) -> bool:
+        try:
+            self.proc.stdin.write(path + "\n")
+            self.proc.stdin.flush()
+        except OSError:   # it died: the caller compiles the kernel itself
+            return False
+        self.waiting.append(path)
+        return True
+
+    def answers(self, block: bool) -> list[tuple[str, bool]]:
+        """(path, compiled) for each kernel it has finished; waits for one if `block`."""
+        fd = self.proc.stdout.fileno()
+        found: list[tuple[str, bool]] = []
+        while self.waiting:
+            ready, _, _ = select.select([fd], [], [], None if block and not found else 0)
+            if not ready:
+                break
+            chunk = os.read(fd, 1 << 16).decode("utf-8", "replace")
+            if not chunk:   # it exited: what it had not answered is not compiled
+                found += [(path, False) for path in self.waiting]
+                self.waiting.clear()
+                break
+            self._buffer += chunk
+            *lines, self._buffer = self._buffer.split("\n")
+            for line in lines:
+                answer, _, path = line.partition(" ")
+                if path in self.waiting:
+                    self.waiting.remove(path)
+                    found.append((path, answer == "ok"))
+        return found
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+
+
+_workers: list[_Worker] = []
+_owner = os.getpid()           # a forked child does not share its parent's workers
 _loaded: dict[str, int] = {}   # module -> kernel address, for this process
-_compiled = 0                  # kernels this process compiled (not loaded)
+_compiled = 0                  # kernels compiled for this process, here or by its workers
+
+
+def _close_workers() -> None:
+    for worker in _workers:
+        worker.close()
+    _workers.clear()
+
+
+atexit.register(_close_workers)
+
+
+def _pool(wanted: int) -> list[_Worker]:
+    """The running workers, started up to `wanted` (those running are kept even if more)."""
+    global _owner
+    if os.getpid() != _owner:
+        _owner = os.getpid()
+        _workers.clear()
+    _workers[:] = [w for w in _workers if w.alive()]
+    while len(_workers) < wanted:
+        try:
+            _workers.append(_Worker())
+        except OSError:
+            break
+    return list(_workers)
 
 
 def compile_count() -> int:
-    """How many kernels this process has compiled so far (kept machine code not counted)."""
+    """How many kernels have been compiled for this process so far, by it or its workers
+    (machine code loaded from the cache not counted)."""
     return _compiled
 
 
 @dataclass
 class BuildResult:
-    """What compile_modules did: every module's kernel address, the worker processes it
-    started, and how many modules' kept machine code was damaged (and rebuilt)."""
+    """What compile_modules did: every module's kernel address, the worker processes that
+    compiled kernels, and how many modules' kept machine code was damaged (and rebuilt)."""
 
     addresses: dict[str, int]
     workers: int
@@ -69,54 +177,64 @@ class BuildResult:
 def compile_modules(modules: list[tuple[str, str]], timings: dict[str, float] | None = None
                     ) -> BuildResult:
     """The kernel address of every (module, path), compiling what has no machine code kept."""
+    global _compiled
     start = time.perf_counter()
     damaged = 0
+    missing: dict[str, str] = {}   # path -> module, in order
     for module, path in modules:
-        if module not in _loaded:
-            try:
-                address = load_object(path)
-            except DamagedObjectError:
-                damaged += 1
-                continue
-            if address is not None:
-                _loaded[module] = address
-    missing = [(m, p) for m, p in modules if m not in _loaded]
-    workers = worker_count(len(missing))
-    procs: list[subprocess.Popen] = []
-    # this process takes the first share, each worker one of the rest
-    shares = [missing[k::workers + 1] for k in range(workers + 1)]
-    for share in shares[1:]:
-        procs.append(subprocess.Popen([sys.executable, "-c", _WORKER, *[p for _, p in share]],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    for module, path in shares[0]:
-        _loaded[module] = _compile(module, path)
-    for proc in procs:
-        proc.wait()
-    for share in shares[1:]:
-        for module, path in share:
-            # a worker that failed leaves no machine code: compile here (and see the error)
-            try:
-                address = load_object(path)
-            except DamagedObjectError:
+        if module in _loaded or path in missing:
+            continue
+        try:
+            address = load_object(path)
+        except DamagedObjectError:
+            damaged += 1
+            address = None
+        if address is None:
+            missing[path] = module
+        else:
+            _loaded[module] = address
+    workers = _pool(worker_count(len(missing))) if missing else []
+    if os.environ.get("GRAPHC_COMPILE_WORKERS", "").strip():
+        workers = workers[:worker_count(len(missing))]
+    todo = collections.deque(missing)
+    used: set[int] = set()
+    while todo or any(w.waiting for w in workers):
+        for worker in workers:
+            while todo and len(todo) > 1 and len(worker.waiting) < WORKER_QUEUE:
+                if not worker.give(todo[-1]):
+                    break
+                todo.pop()
+                used.add(id(worker))
+        if todo:
+            path = todo.popleft()
+            _loaded[missing[path]] = _compile(missing[path], path)
+            _compiled += 1
+        for worker in workers:
+            for path, compiled in worker.answers(block=not todo):
                 address = None
-            _loaded[module] = address if address is not None else _compile(module, path)
+                if compiled:
+                    try:
+                        address = load_object(path)
+                    except DamagedObjectError:
+                        address = None
+                if address is None:   # it failed: compile here (and see the error)
+                    address = _compile(missing[path], path)
+                _loaded[missing[path]] = address
+                _compiled += 1
     if timings is not None:
         timings["kernels"] = time.perf_counter() - start
-    return BuildResult({m: _loaded[m] for m, _ in modules}, len(procs), damaged)
+    return BuildResult({m: _loaded[m] for m, _ in modules}, len(used), damaged)
 
 
 def _compile(module: str, path: str) -> int:
-    """Compile (or load from Numba's cache) the kernel of a module, keeping its machine code."""
-    global _compiled
-    _compiled += 1
+    """Compile the kernel of a module here, keeping its machine code."""
     try:
         kernel = load_module(module, path).kernel
     except Exception:
-        # A damaged Numba cache entry raises whatever unpickling raises; start it afresh.
-        purge(module, path)
+        purge(module, path)   # a module half imported before: start it afresh
         kernel = load_module(module, path).kernel
     try:
         save_object(kernel, path)
     except (OSError, RuntimeError):
-        pass   # loaded from Numba's cache (no object code at hand) or not writable
+        pass   # not writable: compiled again next time
     return kernel.address

@@ -43,10 +43,10 @@ from kernels.cpu.program import EXECUTOR_SOURCE, library_digest
 FASTMATH = "{'reassoc', 'nsz', 'contract'}"
 _DECORATOR = {
     # loops: reassociation lets reductions vectorise; NaN and Inf still propagate
-    "loop": f"@cfunc(KERNEL_SIGNATURE, cache=True, fastmath={FASTMATH}, "
+    "loop": f"@cfunc(KERNEL_SIGNATURE, fastmath={FASTMATH}, "
             "error_model='numpy', boundscheck=False)",
     # everything else: exact arithmetic (the finiteness check relies on v - v != 0)
-    "exact": "@cfunc(KERNEL_SIGNATURE, cache=True, error_model='numpy', boundscheck=False)",
+    "exact": "@cfunc(KERNEL_SIGNATURE, error_model='numpy', boundscheck=False)",
 }
 PRELUDE = """import math
 
@@ -256,11 +256,12 @@ class ProgramWriter:
                     in_place[nid] = load
         loads = [n for n in group.loads if not _is_literal(self.graph.nodes[n])]
         strided_loads = {n for n in loads if not self.is_contiguous(n)}
-        source = loop_kernel_source(self.graph, group, in_place, strided_loads)
+        axes = merged_axes(self.graph, group, strided_loads)
+        source = loop_kernel_source(self.graph, group, in_place, strided_loads, axes)
         root = self.graph.nodes[group.root]
         space_node = root.inputs[0] if OPS[root.op].kind == "reduce" else root.id
-        args: list[tuple] = [("size", space_node, a)
-                             for a in range(len(self.graph.nodes[space_node].shape))]
+        args: list[tuple] = [("size", space_node, merged[0]) if len(merged) == 1
+                             else ("batch", space_node, tuple(merged)) for merged in axes]
         for nid in loads:
             args.append(("addr", self.ref(nid)))
             if nid in strided_loads:
@@ -271,46 +272,39 @@ class ProgramWriter:
         self.add(source, args, list(group.nodes), describe_group(self.graph, group), group)
 
     def emit_matmul(self, node: Node, group: Group) -> None:
-        a, b = node.inputs
-        dtype = node.dtype
-        if len(node.shape) == 2:
-            layouts, refs = [], []
-            for operand in (a, b):
-                src = self.graph.nodes[operand]
-                if self.is_contiguous(operand):
-                    layouts.append("C")
-                    refs.append(self.ref(operand))
-                elif src.op == "transpose" and self.is_contiguous(src.inputs[0]) \
-                        and len(src.shape) == 2:
-                    layouts.append("T")
-                    refs.append(self.ref(src.inputs[0]))
-                else:
-                    layouts.append("C")
-                    refs.append(self.contiguous_ref(operand))
-            args = [("size", node.id, 0), ("size", a, 1), ("size", node.id, 1),
-                    ("addr", refs[0]), ("addr", refs[1]), ("addr", self.ref(node.id))]
-            self.add(matmul_source(dtype, *layouts), args, [node.id],
-                     describe_group(self.graph, group), group)
-            return
         batch = len(node.shape) - 2
-        refs, batches = [], []
-        for operand in (a, b):
-            src = self.graph.nodes[operand]
-            if len(src.shape) == 2 or all(d == 1 for d in src.shape[:-2]):
-                refs.append(self.contiguous_ref(operand))
-                batches.append(("int", 1))
-            elif src.shape[:-2] == node.shape[:-2]:
-                refs.append(self.contiguous_ref(operand))
-                batches.append(("batch", node.id, tuple(range(batch))))
-            else:
-                refs.append(self.copy_of(operand, ("bcast", operand, node.id)))
-                batches.append(("batch", node.id, tuple(range(batch))))
-        args = [("batch", node.id, tuple(range(batch))), ("size", node.id, batch),
-                ("size", a, len(self.graph.nodes[a].shape) - 1), ("size", node.id, batch + 1),
-                batches[0], batches[1], ("addr", refs[0]), ("addr", refs[1]),
-                ("addr", self.ref(node.id))]
-        self.add(batched_matmul_source(dtype), args, [node.id],
-                 describe_group(self.graph, group), group)
+        args: list[tuple] = [("batch", node.id, tuple(range(batch))) if batch else ("int", 1),
+                             ("size", node.id, batch), ("size", node.inputs[0], -1),
+                             ("size", node.id, batch + 1)]
+        for operand in node.inputs:
+            args += self.gemm_operand(operand, node)
+        args.append(("addr", self.ref(node.id)))
+        self.add(gemm_source(node.dtype), args, [node.id], describe_group(self.graph, group),
+                 group)
+
+    def gemm_operand(self, operand: int, product: Node) -> list[tuple]:
+        """An operand's block entries for gemm_source: address, batched, transposed, row
+        length. Read in place when it is contiguous, or a contiguous array with its last two
+        axes swapped; otherwise from a contiguous copy (broadcast to the product's batch
+        axes if only some of them are its own)."""
+        node = self.graph.nodes[operand]
+        rank = len(node.shape)
+        batch = product.shape[:-2]
+        if rank == 2 or all(d == 1 for d in node.shape[:-2]):
+            batched = 0
+        elif node.shape[:-2] == batch:
+            batched = 1
+        else:
+            ref = self.copy_of(operand, ("bcast", operand, product.id))
+            return [("addr", ref), ("int", 1), ("int", ord("n")), ("size", operand, rank - 1)]
+        if not self.is_contiguous(operand) and node.op == "transpose" \
+                and node.attrs["perm"] == (*range(rank - 2), rank - 1, rank - 2) \
+                and self.is_contiguous(node.inputs[0]):
+            stored = node.inputs[0]
+            return [("addr", self.ref(stored)), ("int", batched), ("int", ord("t")),
+                    ("size", stored, rank - 1)]
+        return [("addr", self.contiguous_ref(operand)), ("int", batched), ("int", ord("n")),
+                ("size", operand, rank - 1)]
 
     def emit_index(self, node: Node, group: Group) -> None:
         out = self.ref(node.id)
@@ -458,10 +452,64 @@ def _operand_shape(shape: tuple, space: tuple) -> list[str]:
             for j, d in enumerate(shape)]
 
 
+def merged_axes(graph: Graph, group: Group, strided_loads: set[int]) -> list[list[int]]:
+    """The loop's axes, adjacent ones merged into one wherever every operand treats them
+    alike (C-contiguous over both, or broadcast along both; for a reduction, both reduced
+    or both kept): a (B, T, C) bias add runs as a (B*T, C) loop, an elementwise update as
+    one flat loop. Fewer loops compile faster and vectorise better, and kernels that differ
+    only in rank become one. An axis of static size 1 merges with either neighbour; a
+    strided operand's own axes are never merged (its strides are per axis)."""
+    root = graph.nodes[group.root]
+    reduce_root = OPS[root.op].kind == "reduce"
+    space = graph.nodes[root.inputs[0]].shape if reduce_root else root.shape
+    rank = len(space)
+    if rank <= 1:
+        return [[a] for a in range(rank)]
+    patterns: list[list[str]] = []   # per operand, per axis: "span", "bcast" or "own"
+    for nid in group.loads:
+        node = graph.nodes[nid]
+        if _is_literal(node):
+            continue
+        offset = rank - len(node.shape)
+        row = []
+        for a in range(rank):
+            if a < offset:
+                row.append("bcast")
+            elif nid in strided_loads:
+                row.append("own")
+            else:
+                d = node.shape[a - offset]
+                row.append("bcast" if d == 1 and space[a] != 1 else "span")
+        patterns.append(row)
+    if reduce_root:
+        reduced = set(root.attrs["axes"])
+        patterns.append(["bcast" if a in reduced else "span" for a in range(rank)])
+    groups = [[0]]
+    for a in range(1, rank):
+        last = groups[-1]
+        if all(_mergeable(row, last, a, space) for row in patterns):
+            last.append(a)
+        else:
+            groups.append([a])
+    return groups
+
+
+def _mergeable(row: list[str], group: list[int], a: int, space: tuple) -> bool:
+    """Whether axis `a` joins `group` for an operand whose axes are treated as `row`."""
+    if row[a] == "own" or any(row[b] == "own" for b in group):
+        return False
+    if space[a] == 1:
+        return True
+    kinds = {row[b] for b in group if space[b] != 1}
+    return not kinds or kinds == {row[a]}
+
+
 def loop_kernel_source(graph: Graph, group: Group, in_place: dict[int, int],
-                       strided_loads: set[int]) -> str:
-    """A fused loop kernel. Block: the loop's sizes n0.., then per loaded array its address
-    (and byte strides if strided), then per stored array its address.
+                       strided_loads: set[int], axes: list[list[int]] | None = None) -> str:
+    """A fused loop kernel over the loop axes `axes` (merged_axes: each a run of adjacent
+    axes of the node's space, looped over as one; default: every axis its own). Block: the
+    loop's sizes n0.. (one per entry of `axes`), then per loaded array its address (and
+    byte strides if strided), then per stored array its address.
 
     `in_place` maps stores to the loaded array they overwrite at the same index: such an
     array is passed once and written through the same name, so LLVM vectorises the loop
@@ -471,7 +519,10 @@ def loop_kernel_source(graph: Graph, group: Group, in_place: dict[int, int],
     root = graph.nodes[group.root]
     reduce_root = OPS[root.op].kind == "reduce"
     body_ids = group.nodes[:-1] if reduce_root else group.nodes
-    space = graph.nodes[root.inputs[0]].shape if reduce_root else root.shape
+    full_space = graph.nodes[root.inputs[0]].shape if reduce_root else root.shape
+    if axes is None:
+        axes = [[a] for a in range(len(full_space))]
+    space = tuple(_merged_size(full_space, merged) for merged in axes)
     rank = len(space)
     loads: list[int] = []
     literals: dict[int, str] = {}
@@ -481,17 +532,23 @@ def loop_kernel_source(graph: Graph, group: Group, in_place: dict[int, int],
             literals[nid] = literal(node.attrs["value"], node.dtype)
         else:
             loads.append(nid)
+    shapes = {nid: _merged_shape(graph.nodes[nid].shape, full_space, axes, space,
+                                 nid in strided_loads) for nid in loads}
     arg_names = {nid: f"x{k}" for k, nid in enumerate(loads)}
     own_stores = [nid for nid in group.stores if nid not in in_place]
     store_names = {nid: f"y{k}" for k, nid in enumerate(own_stores)}
     store_names.update({nid: arg_names[load] for nid, load in in_place.items()})
     local = {nid: f"t{k}" for k, nid in enumerate(loads + body_ids)}
+    # a run is reduced if one of its axes is (merged_axes only joins a reduced axis with
+    # kept ones of static size 1, whose reduction changes nothing)
+    reduced = [j for j, merged in enumerate(axes) if reduce_root and any(
+        a in root.attrs["axes"] and full_space[a] != 1 for a in merged)]
 
     prologue = [f"n{a} = a[{a}]" for a in range(rank)]
     position = rank
     for nid in loads:
         node = graph.nodes[nid]
-        shape = _tuple(_operand_shape(node.shape, space))
+        shape = _tuple(_operand_shape(shapes[nid], space))
         if nid in strided_loads:
             strides = _tuple([f"a[{position + 1 + j}]" for j in range(max(len(node.shape), 1))])
             prologue.append(f"{arg_names[nid]} = strided(address(a[{position}]), {shape}, "
@@ -503,7 +560,7 @@ def loop_kernel_source(graph: Graph, group: Group, in_place: dict[int, int],
     for nid in own_stores:
         node = graph.nodes[nid]
         if nid == root.id and reduce_root:
-            shape = _reduction_shape(root, rank)
+            shape = _tuple([f"n{a}" for a in range(rank) if a not in reduced])
         else:
             shape = _tuple(_operand_shape(space, space))
         prologue.append(_carray(store_names[nid], str(position), shape, node.dtype))
@@ -511,8 +568,7 @@ def loop_kernel_source(graph: Graph, group: Group, in_place: dict[int, int],
 
     body: list[str] = []
     for nid in loads:
-        index = _operand_index(graph.nodes[nid].shape, space)
-        body.append(f"{local[nid]} = {arg_names[nid]}[{index}]")
+        body.append(f"{local[nid]} = {arg_names[nid]}[{_operand_index(shapes[nid], space)}]")
 
     def operand(i: int) -> str:
         return literals.get(i, local.get(i, ""))
@@ -528,18 +584,37 @@ def loop_kernel_source(graph: Graph, group: Group, in_place: dict[int, int],
     if not reduce_root:
         loops = _nest(rank, range(rank), body, 0)
     else:
-        loops = _reduction(root, space, body, operand(root.inputs[0]), store_names[root.id])
+        loops = _reduction(root.op, root.dtype, reduced, rank, body,
+                           operand(root.inputs[0]), store_names[root.id])
     title = (f"{group.kind} of {len(group.nodes)} nodes "
              f"({', '.join(graph.nodes[n].op for n in group.nodes)}), "
              f"scalar library {kernel_library_version()}")
     return _source("loop", title, prologue + loops, LOOP_IMPORTS)
 
 
-def _reduction_shape(root: Node, rank: int) -> str:
-    axes = root.attrs["axes"]
-    if root.attrs["keepdims"]:
-        return _tuple(["1" if a in axes else f"n{a}" for a in range(rank)])
-    return _tuple([f"n{a}" for a in range(rank) if a not in axes])
+def _merged_size(space: tuple, merged: list[int]) -> int | None:
+    """The static size of a run of axes (None if any is only known at run time)."""
+    size = 1
+    for a in merged:
+        if space[a] is None:
+            return None
+        size *= space[a]
+    return size
+
+
+def _merged_shape(shape: tuple, full_space: tuple, axes: list[list[int]], space: tuple,
+                  strided: bool) -> tuple:
+    """An operand's static shape over the merged loop axes: 1 where it is broadcast, the
+    loop's size where it spans. A strided operand keeps its own axes (never merged)."""
+    if strided:
+        return shape
+    offset = len(full_space) - len(shape)
+    merged_shape = []
+    for j, merged in enumerate(axes):
+        spans = any(a >= offset and not (shape[a - offset] == 1 and full_space[a] != 1)
+                    for a in merged if full_space[a] != 1)
+        merged_shape.append(space[j] if spans or space[j] == 1 else 1)
+    return tuple(merged_shape)
 
 
 def _flat_index(rank: int) -> str:
@@ -583,17 +658,13 @@ def _combine(op: str, acc: str, v: str) -> str:
     return f"{v} if ({v} {cmp} {acc} or {v} != {v}) else {acc}"
 
 
-def _reduction(root: Node, space: tuple, body: list[str], value: str, out: str) -> list[str]:
-    axes = root.attrs["axes"]
-    keep = root.attrs["keepdims"]
-    rank = len(space)
+def _reduction(op: str, dtype: str, axes: list[int], rank: int, body: list[str], value: str,
+               out: str) -> list[str]:
+    """The loops of a reduction over loop axes `axes`; the output holds the kept axes."""
     kept = [a for a in range(rank) if a not in axes]
-    if keep:
-        out_index = ", ".join("0" if a in axes else f"i{a}" for a in range(rank)) or "0"
-    else:
-        out_index = ", ".join(f"i{a}" for a in kept) or "0"
+    out_index = ", ".join(f"i{a}" for a in kept) or "0"
     full = not kept
-    init = _identity(root.op, root.dtype, full)
+    init = _identity(op, dtype, full)
     if list(axes) == list(range(len(kept), rank)) or rank == 0:
         # reduced axes are the trailing ones: accumulate in a register
         lines = []
@@ -607,40 +678,42 @@ def _reduction(root: Node, space: tuple, body: list[str], value: str, out: str) 
         if rank == 0:
             lines.append("    " * inner + "i0 = 0")
         lines += ["    " * inner + b for b in body]
-        lines.append("    " * inner + f"acc = {_combine(root.op, 'acc', value)}")
+        lines.append("    " * inner + f"acc = {_combine(op, 'acc', value)}")
         lines.append("    " * d + f"{out}[{out_index}] = acc")
         return lines
     # general case: accumulate in the output array
     init_body = [f"{out}[{out_index}] = {init}"]
     lines = _nest(len(kept), kept, init_body, 0)
     lines += _nest(rank, range(rank), body + [
-        f"{out}[{out_index}] = {_combine(root.op, f'{out}[{out_index}]', value)}"], 0)
+        f"{out}[{out_index}] = {_combine(op, f'{out}[{out_index}]', value)}"], 0)
     return lines
 
 
-def matmul_source(dtype: str, layout_a: str, layout_b: str) -> str:
-    """out (m, n) = a (m, k) @ b (k, n) through BLAS; "T" reads an operand stored transposed.
-    Block: m, k, n, address of a, of b, of out."""
-    def operand(name: str, position: int, rows: str, cols: str, layout: str) -> str:
-        if layout == "T":
-            return f"{name} = carray(address(a[{position}]), ({cols}, {rows}), {CTOR[dtype]}).T"
-        return _carray(name, str(position), f"({rows}, {cols})", dtype)
-
-    body = ["m = a[0]", "k = a[1]", "n = a[2]", operand("x", 3, "m", "k", layout_a),
-            operand("w", 4, "k", "n", layout_b), _carray("out", "5", "(m, n)", dtype),
-            "np.dot(x, w, out)"]
-    return _source("exact", f"matmul {dtype} {layout_a}{layout_b}", body)
-
-
-def batched_matmul_source(dtype: str) -> str:
-    """out[i] = a[i or 0] @ b[i or 0] over a batch of contiguous matrices. Block: batch, m,
-    k, n, a's batch (1 broadcasts), b's batch, address of a, of b, of out."""
-    body = ["batch = a[0]", "m = a[1]", "k = a[2]", "n = a[3]", "ba = a[4]", "bb = a[5]",
-            _carray("x", "6", "(ba, m, k)", dtype), _carray("w", "7", "(bb, k, n)", dtype),
-            _carray("out", "8", "(batch, m, n)", dtype),
+def gemm_source(dtype: str) -> str:
+    """out[i] (m, n) = a[i] (m, k) @ b[i] (k, n) for i < batch, through BLAS. Block: batch, m,
+    k, n; then for a and for b: address, whether it has a batch axis (0: every i reads
+    matrix 0), ord("t") if it is stored transposed (as (k, m), or (n, k)) else ord("n"),
+    its row length in memory; then the address of out. Every matrix product of every model
+    of this dtype is this one kernel."""
+    item = np.dtype(dtype).itemsize
+    gemm = "gemm_f64" if dtype == "float64" else "gemm_f32"
+    body = ["batch = a[0]", "m = a[1]", "k = a[2]", "n = a[3]",
+            "pa = a[4]", "sa = a[5] * m * k * " + str(item), "ta = a[6]", "lda = max(a[7], 1)",
+            "pb = a[8]", "sb = a[9] * k * n * " + str(item), "tb = a[10]", "ldb = max(a[11], 1)",
+            "pc = a[12]",
+            "if k == 0:",
+            f"    out = carray(address(pc), (batch * m * n,), {CTOR[dtype]})",
+            "    for i in range(batch * m * n):",
+            "        out[i] = 0",
+            "    return 0",
+            "if m == 0 or n == 0:",
+            "    return 0",
+            # row-major out = a @ b is column-major out^T = b^T a^T: BLAS gets b first
             "for i in range(batch):",
-            "    np.dot(x[i if ba > 1 else 0], w[i if bb > 1 else 0], out[i])"]
-    return _source("exact", f"batched matmul {dtype}", body)
+            f"    {gemm}(tb, ta, n, m, k, pb + i * sb, ldb, pa + i * sa, lda,",
+            f"           pc + i * (m * n * {item}), n)"]
+    return _source("exact", f"matrix product {dtype}", body,
+                   f"from kernels.cpu.program import {gemm}\n")
 
 
 def copy_source(dtype: str, rank: int) -> str:
