@@ -13,9 +13,9 @@ import numpy as np
 
 from graphc.autodiff import grad
 from graphc.codegen import backends
-from graphc.codegen.build import compile_modules
+from graphc.codegen.build import compile_modules, prestart_workers
 from graphc.codegen.cache import CacheStats, load_module, maybe_prune, purge, write_module
-from graphc.codegen.cpu import ProgramWriter
+from graphc.codegen.cpu import ProgramWriter, executor_source
 from graphc.codegen.cpu_fused import StepWriter
 from graphc.errors import GraphError, user_location
 from graphc.ir import Graph, as_values, building_gradient, format_shape, is_float
@@ -82,6 +82,8 @@ def compile(  # noqa: A001 - the framework's verb
     fetch_values, _ = as_values(fetch) if fetch is not None else ([], False)
     timings: dict[str, float] = {}
     report = CompileReport(phases=timings)
+    if target == "cpu":
+        prestart_workers(write_module("graphc_kernel", executor_source())[1])
     program = build_program(values, optimizer, fetch_values, timings)
     program = apply_view(program, optimizer is not None if training is None else training)
     report.nodes_before = len(program.nodes)

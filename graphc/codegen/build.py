@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import kernels
 from graphc.codegen.cache import load_module, purge
-from kernels.cpu.program import DamagedObjectError, load_object, save_object
+from kernels.cpu.program import DamagedObjectError, load_object, object_path, save_object
 
 # Below this many kernels to compile, no worker is started (one already running is used).
 MIN_KERNELS_PER_WORKER = 8
@@ -156,6 +156,15 @@ def _pool(wanted: int) -> list[_Worker]:
         except OSError:
             break
     return list(_workers)
+
+
+def prestart_workers(executor_path: str) -> None:
+    """Start compile workers now, so that their start (about a second) overlaps the graph
+    passes and code generation, when the cache looks cold: the executor, which every
+    program shares, has no machine code kept at `executor_path`. Warm caches start none."""
+    if _workers or os.path.exists(object_path(executor_path)):
+        return
+    _pool(worker_count(2 * MIN_KERNELS_PER_WORKER))
 
 
 def compile_count() -> int:

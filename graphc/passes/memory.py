@@ -42,10 +42,12 @@ def plan_memory(graph: Graph, groups: list[Group]) -> MemoryPlan:
             node = graph.nodes[g.root]
             alias[g.root] = data_inputs(node)[0]
     last_use: dict[int, int] = {}
+    readers: dict[int, list[int]] = {}   # storage root -> the groups that load it
     for k, g in enumerate(groups):
         for i in g.loads:
             root = storage_root(graph, i, alias)
             last_use[root] = max(last_use.get(root, -1), k)
+            readers.setdefault(root, []).append(k)
     end = len(groups)
     # Outputs are returned, and updates not written in place are copied into their
     # parameter or state after the last group: both must survive to the end of the step.
@@ -59,14 +61,13 @@ def plan_memory(graph: Graph, groups: list[Group]) -> MemoryPlan:
         k = position.get(nid)
         if k is None or graph.nodes[nid].shape != graph.nodes[leaf].shape:
             continue
-        readers = [j for j, g in enumerate(groups)
-                   if any(storage_root(graph, i, alias) == leaf for i in g.loads)]
         # The writing kernel itself may read the old value only element by element (the
         # leaf itself, loaded at the index it writes); through a view (a transpose, a
         # slice) it would read entries it has already overwritten.
         own_views = any(i != leaf and storage_root(graph, i, alias) == leaf
                         for i in groups[k].loads)
-        if all(j <= k for j in readers) and groups[k].kind == "loop" and not own_views:
+        if all(j <= k for j in readers.get(leaf, ())) and groups[k].kind == "loop" \
+                and not own_views:
             inplace[nid] = name
 
     slot: dict[int, int] = {}
