@@ -36,13 +36,14 @@ value = step(x=rng.normal(size=(8, 12)).astype(np.float32), y=rng.integers(0, 3,
 r = step.compile_report
 print(json.dumps({{"written": r.cache_written, "reused": r.cache_reused,
                   "unique": r.unique_kernels, "compiled": compile_count(),
+                  "workers": r.compile_workers,
                   "loss": value, "paths": sorted({{k.path for k in step.kernels}}),
                   "source": step.source}}))
 """
 
 
-def run_script(path: Path, cache: Path) -> dict:
-    env = dict(os.environ, GRAPHC_CACHE_DIR=str(cache), GRAPHC_COMPILE_WORKERS="0")
+def run_script(path: Path, cache: Path, workers: int = 0) -> dict:
+    env = dict(os.environ, GRAPHC_CACHE_DIR=str(cache), GRAPHC_COMPILE_WORKERS=str(workers))
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     done = subprocess.run([sys.executable, str(path)], env=env, capture_output=True,
                           text=True, timeout=600)
@@ -120,3 +121,13 @@ def test_kernel_sources_hold_no_user_path_or_line(first_run: tuple) -> None:
     for path in cold["paths"]:
         text = Path(path).read_text()
         assert str(script.parent) not in text and "train.py" not in text, path
+
+
+def test_worker_processes_compile_the_same_kernels(first_run: tuple, tmp_path: Path) -> None:
+    _, cold, script = first_run
+    # two workers beside the compiling process, on an empty cache: each takes kernels from
+    # the one queue; their machine code is loaded here and computes the same loss
+    shared = run_script(script, tmp_path / "cache", workers=2)
+    assert shared["workers"] >= 1, "no worker compiled a kernel"
+    assert shared["compiled"] == cold["compiled"] and shared["written"] == cold["written"]
+    assert shared["loss"] == cold["loss"]

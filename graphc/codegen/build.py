@@ -2,11 +2,10 @@
 is loaded from it; the others are compiled by importing their module (Numba compiles its
 `cfunc`), shared with worker processes, and their machine code is kept for the next time.
 
-Workers take kernels one at a time, so a slow kernel, or a worker still starting, never
-holds the others up: this process compiles from the front of the list, each worker is
-handed the next kernel from the back whenever fewer than WORKER_QUEUE are waiting for it.
-Workers stay for the rest of the process (their start costs more than most kernels), and
-exit when it does (their input closes).
+Workers take kernels one at a time from the queue this process compiles from, so a slow
+kernel, or a worker still starting, never holds the others up. Workers stay for the rest
+of the process (their start costs more than most kernels), and exit when it does (their
+input closes).
 
 Measured on 2 cores: a kernel takes 0.1-0.2 s to compile, a worker about 1 s to start
 (Python, Numba, its first compilation).
@@ -17,9 +16,9 @@ from __future__ import annotations
 import atexit
 import collections
 import os
-import select
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -29,14 +28,17 @@ from kernels.cpu.program import DamagedObjectError, load_object, object_path, sa
 
 # Below this many kernels to compile, no worker is started (one already running is used).
 MIN_KERNELS_PER_WORKER = 8
-# Kernels handed to a worker ahead of time: it starts the next one without waiting for us.
-WORKER_QUEUE = 2
 
 # A worker imports only numba and the kernel library, not graphc (whose import loads SciPy).
-# It reads one module path per line and answers one line per path, in order.
+# It says "ready" once Numba is warm (its first compilation sets up the compiler, a third of
+# a second), then reads one module path per line and answers one line per path, in order.
 _WORKER = """
 import importlib.util, os, sys
-from kernels.cpu.program import save_object
+from numba import cfunc
+from kernels.cpu.program import KERNEL_SIGNATURE, save_object
+cfunc(KERNEL_SIGNATURE)(lambda block: block[0] * 0)
+sys.stdout.write("ready\\n")
+sys.stdout.flush()
 for line in sys.stdin:
     path = line.rstrip("\\n")
     module = os.path.basename(path)[:-3]
@@ -63,17 +65,15 @@ def _usable_cores() -> int:
 def worker_count(uncached: int) -> int:
     """Worker processes for `uncached` kernels: one per MIN_KERNELS_PER_WORKER kernels,
     at most one per core beside this process; GRAPHC_COMPILE_WORKERS overrides (0: none).
-    Workers need a pipe that select() can wait on: none on Windows."""
+    """
     explicit = os.environ.get("GRAPHC_COMPILE_WORKERS")
     if explicit is not None and explicit.strip():
         return max(0, int(explicit))
-    if os.name == "nt":
-        return 0
     return max(0, min(_usable_cores() - 1, uncached // MIN_KERNELS_PER_WORKER))
 
 
 class _Worker:
-    """A compile worker process and the kernels handed to it that it has not answered."""
+    """A compile worker process. Used by one thread at a time (compile_modules' feeder)."""
 
     def __init__(self) -> None:
         # the kernel library importable from wherever this process imported it
@@ -83,42 +83,31 @@ class _Worker:
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL, env=env, encoding="utf-8", bufsize=1)
-        self.waiting: collections.deque[str] = collections.deque()
-        self._buffer = ""
+        self.ready = False   # said so: warm, kernels handed to it start at once
 
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def give(self, path: str) -> bool:
+    def wait_ready(self) -> bool:
+        if not self.ready:
+            self.ready = self._read() == "ready"
+        return self.ready
+
+    def compile(self, path: str) -> bool:
+        """Compile the kernel at `path` there (keeping its machine code); False if that
+        failed or the worker is gone."""
         try:
             self.proc.stdin.write(path + "\n")
             self.proc.stdin.flush()
-        except OSError:   # it died: the caller compiles the kernel itself
+        except OSError:
             return False
-        self.waiting.append(path)
-        return True
+        return self._read() == "ok " + path
 
-    def answers(self, block: bool) -> list[tuple[str, bool]]:
-        """(path, compiled) for each kernel it has finished; waits for one if `block`."""
-        fd = self.proc.stdout.fileno()
-        found: list[tuple[str, bool]] = []
-        while self.waiting:
-            ready, _, _ = select.select([fd], [], [], None if block and not found else 0)
-            if not ready:
-                break
-            chunk = os.read(fd, 1 << 16).decode("utf-8", "replace")
-            if not chunk:   # it exited: what it had not answered is not compiled
-                found += [(path, False) for path in self.waiting]
-                self.waiting.clear()
-                break
-            self._buffer += chunk
-            *lines, self._buffer = self._buffer.split("\n")
-            for line in lines:
-                answer, _, path = line.partition(" ")
-                if path in self.waiting:
-                    self.waiting.remove(path)
-                    found.append((path, answer == "ok"))
-        return found
+    def _read(self) -> str:
+        try:
+            return self.proc.stdout.readline().rstrip("\n")
+        except (OSError, ValueError):
+            return ""
 
     def close(self) -> None:
         try:
@@ -205,34 +194,62 @@ def compile_modules(modules: list[tuple[str, str]], timings: dict[str, float] | 
     workers = _pool(worker_count(len(missing))) if missing else []
     if os.environ.get("GRAPHC_COMPILE_WORKERS", "").strip():
         workers = workers[:worker_count(len(missing))]
-    todo = collections.deque(missing)
+    # One queue, longest first (by source size), so that no one is left with a long kernel
+    # at the end: this thread compiles from it, and a feeder thread per worker hands the
+    # next kernel to its worker as soon as it answers (the feeders wait on pipes, so they
+    # run while this thread compiles).
+    todo = collections.deque(sorted(missing, key=_source_size, reverse=True))
+    lock = threading.Lock()
+    done: list[tuple[str, bool]] = []   # (path, compiled) by workers
     used: set[int] = set()
-    while todo or any(w.waiting for w in workers):
-        for worker in workers:
-            while todo and len(todo) > 1 and len(worker.waiting) < WORKER_QUEUE:
-                if not worker.give(todo[-1]):
-                    break
-                todo.pop()
-                used.add(id(worker))
-        if todo:
-            path = todo.popleft()
+
+    def take() -> str | None:
+        with lock:
+            return todo.popleft() if todo else None
+
+    def feed(worker: _Worker) -> None:
+        if not worker.wait_ready():
+            return
+        while (path := take()) is not None:
+            used.add(id(worker))
+            compiled = worker.compile(path)
+            done.append((path, compiled))
+            if not compiled and not worker.alive():
+                return
+
+    feeders = [threading.Thread(target=feed, args=(w,), daemon=True) for w in workers]
+    for feeder in feeders:
+        feeder.start()
+    try:
+        while (path := take()) is not None:
             _loaded[missing[path]] = _compile(missing[path], path)
             _compiled += 1
-        for worker in workers:
-            for path, compiled in worker.answers(block=not todo):
+    finally:
+        with lock:   # an error here: the workers finish what they have and stop
+            todo.clear()
+        for feeder in feeders:
+            feeder.join()
+    for path, compiled in done:
+        address = None
+        if compiled:
+            try:
+                address = load_object(path)
+            except DamagedObjectError:
                 address = None
-                if compiled:
-                    try:
-                        address = load_object(path)
-                    except DamagedObjectError:
-                        address = None
-                if address is None:   # it failed: compile here (and see the error)
-                    address = _compile(missing[path], path)
-                _loaded[missing[path]] = address
-                _compiled += 1
+        if address is None:   # it failed: compile here (and see the error)
+            address = _compile(missing[path], path)
+        _loaded[missing[path]] = address
+        _compiled += 1
     if timings is not None:
         timings["kernels"] = time.perf_counter() - start
     return BuildResult({m: _loaded[m] for m, _ in modules}, len(used), damaged)
+
+
+def _source_size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def _compile(module: str, path: str) -> int:
