@@ -3,6 +3,7 @@ literals, the record of a generated kernel, and digests of the library code kern
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 from dataclasses import dataclass, field
@@ -67,9 +68,11 @@ class Kernel:
     lines: list[str] = field(default_factory=list)
 
 
+@functools.cache
 def module_digest(module: str) -> str:
     """sha256 (16 hex digits) of a library module's source file: Numba's cache of a kernel
-    does not notice a change in the functions it calls, so generated files name them."""
+    does not notice a change in the functions it calls, so generated files name them.
+    Read once per process (the module is imported once too)."""
     with open(importlib.import_module(module).__file__, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()[:16]
 

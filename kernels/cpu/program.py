@@ -21,6 +21,7 @@ matrix product on addresses).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import pickle
@@ -146,9 +147,10 @@ def kernel(functions, blocks, is_check, count, check, status):
 """
 
 
+@functools.cache
 def library_digest() -> str:
     """sha256 (16 hex digits) of this file: generated kernels use its helpers, and Numba's
-    cache of a kernel does not notice a change in them."""
+    cache of a kernel does not notice a change in them. Read once per process."""
     with open(__file__, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()[:16]
 
