@@ -197,7 +197,7 @@ class CompiledFunction:
 
         return load(self, path, params_only=params_only, strict=strict)
 
-    # -- targets (graphc/runtime_cuda.py overrides these for target="cuda") ----------------
+    # -- targets (graphc/backends/cuda/runtime.py overrides these for target="cuda") -------
     target = "cpu"
 
     def sync_to_host(self) -> None:
@@ -211,7 +211,7 @@ class CompiledFunction:
     def to(self, target: str) -> CompiledFunction:
         """This function compiled again for `target` ("cpu" or "cuda"), starting from copies
         of its parameters, optimizer state and step counter."""
-        from graphc.runtime_cuda import retarget
+        from graphc.backends.cuda.runtime import retarget
 
         return retarget(self, target)
 

@@ -30,9 +30,9 @@ import numpy as np
 import pytest
 
 import graphc as gc
-import graphc.codegen.backends as backends
-import graphc.codegen.cuda as cudagen
-import graphc.runtime_cuda as runtime_cuda
+import graphc.backends as backends
+import graphc.backends.cuda.codegen as cudagen
+import graphc.backends.cuda.runtime as runtime_cuda
 from graphc.codegen.cache import CacheStats, load_module
 from graphc.ir import ancestors
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.codegen.cpu import merged_axes
+from graphc.backends.cpu.codegen import merged_axes
 from graphc.passes.fusion import Group
 
 RTOL = 1e-12

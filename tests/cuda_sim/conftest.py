@@ -12,7 +12,7 @@ or on a real GPU with GRAPHC_CUDA_GPU_TESTS=1 instead of NUMBA_ENABLE_CUDASIM=1.
 The simulator runs each CUDA thread as a Python thread (~150 us each) and its
 `syncthreads` polls, costing a whole GIL switch interval (5 ms by default): a 0.1 ms
 interval makes barrier-heavy kernels (tree reductions, tiled matmul) ~10x faster. The
-code generator picks tiny blocks on the simulator (graphc.codegen.cuda.default_config).
+code generator picks tiny blocks on the simulator (graphc.backends.cuda.codegen.default_config).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 import graphc as gc
-import graphc.codegen.cuda as cudagen
+import graphc.backends.cuda.codegen as cudagen
 from graphc.ir import ancestors
 from graphc.ops import OPS
 from tests.test_compile_ops import GROUPS, _feeds, _mismatch, _weight

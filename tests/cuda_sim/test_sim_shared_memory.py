@@ -5,7 +5,7 @@ Numba's simulator (numba-cuda simulator/kernelapi.py) looks the array up in a di
 a miss, creates and stores it without a lock: two threads that both miss get arrays of their
 own, and a tiled matmul or tree reduction then reads uninitialised memory (this made the
 simulator suite's bit-for-bit reproducibility test fail about one run in six).
-graphc.runtime_cuda.make_simulator_shared_arrays_thread_safe serialises the miss path.
+graphc.backends.cuda.runtime.make_simulator_shared_arrays_thread_safe serialises the miss path.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import time
 import numpy as np
 import pytest
 
-from graphc.codegen.cuda import simulator_enabled
-from graphc.runtime_cuda import make_simulator_shared_arrays_thread_safe
+from graphc.backends.cuda.codegen import simulator_enabled
+from graphc.backends.cuda.runtime import make_simulator_shared_arrays_thread_safe
 
 pytestmark = pytest.mark.skipif(not simulator_enabled(), reason="the CUDA simulator only")
 

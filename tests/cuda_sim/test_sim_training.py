@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.codegen.cuda import Assign
-from graphc.runtime_cuda import CudaCompiledFunction
+from graphc.backends.cuda.codegen import Assign
+from graphc.backends.cuda.runtime import CudaCompiledFunction
 
 TOL = {"float64": dict(rtol=1e-12, atol=1e-12), "float32": dict(rtol=1e-5, atol=1e-5)}
 
@@ -81,7 +81,7 @@ def test_mlp_training_matches_the_cpu_target(dtype: str) -> None:
 def test_training_is_reproducible_bit_for_bit() -> None:
     """Two identical runs give identical bits. On the simulator this also guards against the
     race in its `cuda.shared.array` (two threads getting different "shared" arrays, see
-    graphc.runtime_cuda.make_simulator_shared_arrays_thread_safe), which made about one
+    graphc.backends.cuda.runtime.make_simulator_shared_arrays_thread_safe), which made about one
     suite run in six differ from step 2 on."""
     x, y = data()
     runs = []

@@ -3,7 +3,7 @@ intermediates live on the GPU (or in Numba's CUDA simulator).
 
 Per call only the feeds go to the device (plus one small array of run-time scalars: the
 learning rate and bias corrections) and only the requested outputs come back. The
-kernels and instructions come from graphc/codegen/cuda.py; here they become launches,
+kernels and instructions come from graphc/backends/cuda/codegen.py; here they become launches,
 once per combination of feed shapes: buffers for the memory plan's pool slots, the
 (offset, strides) of every view, grid sizes.
 
@@ -36,8 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from graphc.codegen.cache import CacheStats, load_module, purge
-from graphc.codegen.cuda import (
+from graphc.backends.cuda.codegen import (
     Assign,
     Call,
     CudaKernel,
@@ -52,6 +51,7 @@ from graphc.codegen.cuda import (
     View,
     simulator_enabled,
 )
+from graphc.codegen.cache import CacheStats, load_module, purge
 from graphc.errors import GraphError
 from graphc.ir import Graph, Value, as_values
 from graphc.passes.fusion import Group, data_inputs

@@ -1,4 +1,4 @@
-"""The CPU target's compiled functions: a program of kernel calls (graphc/codegen/cpu.py)
+"""The CPU target's compiled functions: a program of kernel calls (graphc/backends/cpu/codegen.py)
 run by the executor of kernels/cpu/program.py.
 
 For each combination of feed shapes, a plan fills the program's argument blocks into one
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from graphc.codegen.cpu import Instruction, Program
+from graphc.backends.cpu.codegen import Instruction, Program
 from graphc.errors import GraphError
 from graphc.ir import Graph
 from graphc.passes.memory import VIEW_OPS

@@ -1,12 +1,12 @@
 """CUDA code generation: the CPU target's fusion groups and memory plan, emitted as
-`numba.cuda` kernels (graphc/codegen/cpu.py is the njit twin; both share the groups, the
+`numba.cuda` kernels (graphc/backends/cpu/codegen.py is the njit twin; both share the groups, the
 memory plan, the scalar templates of graphc/ops and the kernel-file cache).
 
 Data layout. Every device array is a flat, C-contiguous 1-D buffer: a parameter, a feed,
 a pool slot of the memory plan. A value is (buffer, offset, shape, strides), so views
 (transpose, slice, expand_dims, squeeze, reshape of a contiguous value) cost nothing:
 kernels read their operands through an offset and per-axis strides, computed per feed
-shape by the runtime (graphc/runtime_cuda.py). Every kernel therefore has a signature
+shape by the runtime (graphc/backends/cuda/runtime.py). Every kernel therefore has a signature
 known here (int64 scalars and 1-D arrays), which lets the runtime compile it eagerly and
 the tests compile it to PTX without a GPU.
 

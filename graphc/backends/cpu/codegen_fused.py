@@ -1,5 +1,5 @@
 """CPU code generation for batch-sharded steps (GRAPHC_SHARDS > 1): fusion groups ->
-one `numba.njit` step with parallel regions (graphc/codegen/cpu.py writes the default,
+one `numba.njit` step with parallel regions (graphc/backends/cpu/codegen.py writes the default,
 unsharded step).
 
 Each loop group becomes one kernel function in a file named by the hash of its source, so

@@ -1,0 +1,51 @@
+"""The backend seam: `gc.compile` runs the same pipeline for every target (graph, autodiff,
+passes, fusion groups, memory plan) and hands the scheduled program to the target's backend
+here. Nothing above this package knows which target runs.
+
+Every backend is a package with the same shape, and the same three entry points:
+
+  graphc/backends/<target>/__init__.py   prepare(), build(program, report, optimizer,
+                                         single, user_graph) -> CompiledFunction
+  graphc/backends/<target>/codegen.py    kernels and the plan that calls them
+  graphc/backends/<target>/runtime.py    the compiled function: buffers, calls, results
+
+  cpu   codegen.py writes a program of `numba.cfunc` kernels, build.py compiles them (in
+        worker processes), runtime.py runs them through one executor; codegen_fused.py is
+        the batch-sharded variant (one njit step)
+  cuda  codegen.py writes `numba.cuda` kernels and a launch plan, runtime.py launches them
+
+Both keep their kernel files through graphc/codegen/cache.py and share the scalar helpers of
+graphc/codegen/common.py; neither imports the other.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from graphc.errors import GraphError
+
+TARGETS = ("cpu", "cuda")
+
+
+def _backend(target: str) -> Any:
+    if target not in TARGETS:
+        raise GraphError(f"unknown target {target!r}; expected one of {', '.join(TARGETS)}")
+    return importlib.import_module(f"graphc.backends.{target}")
+
+
+def require(target: str) -> None:
+    """Raise (a GraphError saying why and what to do) if `target` cannot run here."""
+    _backend(target).require()
+
+
+def prepare(target: str) -> None:
+    """Let the backend start work that can overlap the graph passes (CPU: compile workers)."""
+    _backend(target).prepare()
+
+
+def build(target: str, program: Any, report: Any, optimizer: Any, single: bool,
+          user_graph: Any) -> Any:
+    """The compiled function of a scheduled `program` (groups and memory plan set) on
+    `target`."""
+    return _backend(target).build(program, report, optimizer, single, user_graph)

@@ -1,0 +1,137 @@
+"""The CPU backend: a scheduled program becomes kernels (codegen.py), their machine code
+(build.py) and a compiled function that runs them (runtime.py). With batch sharding
+(GRAPHC_SHARDS > 1) the step is instead one njit function with parallel regions
+(codegen_fused.py, run by graphc/runtime.py's CompiledFunction)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numba
+import numpy as np
+
+from graphc.backends.cpu.build import compile_modules, prestart_workers
+from graphc.backends.cpu.codegen import ProgramWriter, executor_source
+from graphc.backends.cpu.codegen_fused import StepWriter
+from graphc.backends.cpu.runtime import ProgramFunction
+from graphc.codegen.cache import CacheStats, load_module, purge, write_module
+from graphc.errors import GraphError
+from graphc.ir import Graph
+from graphc.optim import Optimizer
+from graphc.runtime import CompiledFunction, CompileReport
+
+
+def require() -> None:
+    """The CPU runs everywhere graphc installs."""
+
+
+def prepare() -> None:
+    """Called before the graph passes: start compile workers early if the cache is cold."""
+    prestart_workers(write_module("graphc_kernel", executor_source())[1])
+
+
+def build(program: Graph, report: CompileReport, optimizer: Optimizer | None, single: bool,
+          user_graph: Graph) -> CompiledFunction:
+    """The compiled function of a scheduled `program` (groups and memory plan set)."""
+    if program.shards is not None and program.shards.enabled:
+        return _compile_fused(program, report, optimizer, single, user_graph)
+    return _compile_program(program, report, optimizer, single, user_graph)
+
+
+def _compile_program(program: Graph, report: CompileReport, optimizer: Optimizer | None,
+                     single: bool, user_graph: Graph) -> CompiledFunction:
+    """The CPU step as a program of kernel calls (codegen.py)."""
+    timings = report.phases
+    start = time.perf_counter()
+    stats = CacheStats()
+    code = ProgramWriter(program, program.groups, program.memory, stats).write()
+    timings["codegen"] = time.perf_counter() - start
+    report.kernels = len(code.instructions)
+    report.unique_kernels = len(code.modules)
+    report.cache_written, report.cache_reused = stats.written, stats.reused
+    report.cache_repaired = stats.repaired
+    built = compile_modules(code.modules + [code.executor], timings)
+    report.compile_workers = built.workers
+    report.cache_repaired += built.damaged
+    return ProgramFunction(program, code, built.addresses, report, optimizer, single,
+                           user_graph)
+
+
+def _compile_fused(program: Graph, report: CompileReport, optimizer: Optimizer | None,
+                   single: bool, user_graph: Graph) -> CompiledFunction:
+    """A batch-sharded CPU step: one njit function with parallel regions
+    (codegen_fused.py)."""
+    timings = report.phases
+    groups, memory = program.groups, program.memory
+    start = time.perf_counter()
+    stats = CacheStats()
+    writer = StepWriter(program, groups, memory, stats)
+    step_source = writer.write()
+    step_module, step_path = write_module("graphc_step", step_source, stats)
+    timings["codegen"] = time.perf_counter() - start
+    report.kernels = len(writer.kernels)
+    report.unique_kernels = len({k.module for k in writer.kernels})
+    report.cache_written, report.cache_reused = stats.written, stats.reused
+    report.cache_repaired = stats.repaired
+
+    start = time.perf_counter()
+    step_fn, rebuilt = _load_step(writer, step_module, step_path, program)
+    report.cache_repaired += rebuilt
+    timings["numba compile / cache load"] = time.perf_counter() - start
+    return CompiledFunction(program, step_fn, writer, report, optimizer, single,
+                            user_graph, step_source, step_path, memory.slot)
+
+
+def _signature(writer: StepWriter, program: Graph) -> tuple:
+    """Numba types of the step's arguments (arrays are C-contiguous, rank 0 as (1,))."""
+    types = []
+    for kind, key in writer.args:
+        if kind == "feed" or kind in ("param", "state"):
+            node = program.nodes[program._names[key]] if key in program._names else None
+            dtype, rank = node.dtype, len(node.shape)
+        elif kind in ("const", "dim", "pool"):
+            node = program.nodes[key]
+            dtype, rank = node.dtype, len(node.shape)
+        elif kind == "partial":  # one slice per shard
+            node = program.nodes[key]
+            dtype, rank = node.dtype, max(len(node.shape), 1) + 1
+        else:
+            raise GraphError(f"internal: unknown argument kind {kind}")
+        types.append(numba.types.Array(numba.from_dtype(np.dtype(dtype)), max(rank, 1), "C"))
+    types.append(numba.types.Array(numba.types.int64, 1, "C"))   # sizes
+    types.append(numba.types.boolean)                           # check
+    types.append(numba.types.int64)                             # nshards
+    types.append(numba.types.Array(numba.types.int64, 1, "C"))   # bounds
+    types.append(numba.types.Array(numba.types.int64, 2, "C"))   # shard_sizes
+    return tuple(types)
+
+
+def _load_step(writer: StepWriter, module: str, path: str, program: Graph) -> tuple[Any, int]:
+    """Import the step and its kernels and compile (or load from Numba's cache) for the
+    step's argument types. An unusable cache entry is dropped and compiled afresh.
+
+    Returns (step function, 1 if the Numba cache had to be dropped and rebuilt else 0)."""
+    signature = _signature(writer, program)
+    try:
+        for kernel in writer.kernels:
+            load_module(kernel.module, kernel.path)
+        fn = load_module(module, path).step
+        fn.compile(signature)
+        return fn, 0
+    except Exception as err:
+        # Any damaged cache entry: Numba unpickles its index and data files, so junk in them
+        # raises whatever pickle raises (UnpicklingError, EOFError, KeyError, ...); the
+        # retry below starts from a clean cache.
+        for kernel in writer.kernels:
+            purge(kernel.module, kernel.path)
+        purge(module, path)
+        try:
+            for kernel in writer.kernels:
+                load_module(kernel.module, kernel.path)
+            fn = load_module(module, path).step
+            fn.compile(signature)
+            return fn, 1
+        except Exception as again:
+            raise GraphError(f"compiling the step failed: {again} (first attempt: {err})") \
+                from again
