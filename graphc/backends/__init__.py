@@ -23,15 +23,18 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from graphc.backends import cpu
 from graphc.errors import GraphError
 
 TARGETS = ("cpu", "cuda")
 
 
 def _backend(target: str) -> Any:
+    """The backend package of `target`: the CPU's is imported with graphc, CUDA's (which
+    imports numba.cuda) when first used."""
     if target not in TARGETS:
         raise GraphError(f"unknown target {target!r}; expected one of {', '.join(TARGETS)}")
-    return importlib.import_module(f"graphc.backends.{target}")
+    return cpu if target == "cpu" else importlib.import_module(f"graphc.backends.{target}")
 
 
 def require(target: str) -> None:
