@@ -22,7 +22,7 @@ MODEL = """
 import json, sys
 import numpy as np
 import graphc as gc
-from graphc.backends.cpu.build import compile_count
+from graphc.backends.cpu.compile_kernels import compile_count
 
 g = gc.Graph("mlp", seed=0)
 x = g.input("x", (None, 12))

@@ -44,7 +44,7 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.backends.cpu.build import compile_count
+from graphc.backends.cpu.compile_kernels import compile_count
 from graphc.ir import ancestors
 
 TOL = {"float32": {"rtol": 2e-5, "atol": 1e-5}, "float64": {"rtol": 1e-12, "atol": 1e-12}}

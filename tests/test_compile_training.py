@@ -38,7 +38,7 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.backends.cpu.build import compile_count
+from graphc.backends.cpu.compile_kernels import compile_count
 from graphc.runtime import CompiledFunction
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -33,7 +33,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import graphc as gc
-from graphc.backends.cpu.build import compile_count
+from graphc.backends.cpu.compile_kernels import compile_count
 from tests.helpers import (
     assert_directional_match,
     directional_scale,

@@ -9,9 +9,9 @@ Every backend is a package with the same shape, and the same three entry points:
   graphc/backends/<target>/codegen.py    kernels and the plan that calls them
   graphc/backends/<target>/runtime.py    the compiled function: buffers, calls, results
 
-  cpu   codegen.py writes a program of `numba.cfunc` kernels, build.py compiles them (in
-        worker processes), runtime.py runs them through one executor; codegen_fused.py is
-        the batch-sharded variant (one njit step)
+  cpu   codegen.py writes a program of `numba.cfunc` kernels, compile_kernels.py compiles
+        them (in worker processes too), runtime.py runs them through one executor;
+        codegen_fused.py is the batch-sharded variant (one njit step)
   cuda  codegen.py writes `numba.cuda` kernels and a launch plan, runtime.py launches them
 
 Both keep their kernel files through graphc/codegen/cache.py and share the scalar helpers of

@@ -1,6 +1,6 @@
 """The CPU backend: a scheduled program becomes kernels (codegen.py), their machine code
-(build.py) and a compiled function that runs them (runtime.py). With batch sharding
-(GRAPHC_SHARDS > 1) the step is instead one njit function with parallel regions
+(compile_kernels.py) and a compiled function that runs them (runtime.py). With batch
+sharding (GRAPHC_SHARDS > 1) the step is instead one njit function with parallel regions
 (codegen_fused.py, run by graphc/runtime.py's CompiledFunction)."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Any
 import numba
 import numpy as np
 
-from graphc.backends.cpu.build import compile_modules, prestart_workers
 from graphc.backends.cpu.codegen import ProgramWriter, executor_source
 from graphc.backends.cpu.codegen_fused import StepWriter
+from graphc.backends.cpu.compile_kernels import compile_modules, prestart_workers
 from graphc.backends.cpu.runtime import ProgramFunction
 from graphc.codegen.cache import CacheStats, load_module, purge, write_module
 from graphc.errors import GraphError

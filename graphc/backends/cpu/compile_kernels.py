@@ -16,10 +16,12 @@ from __future__ import annotations
 import atexit
 import collections
 import os
+import queue
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import kernels
@@ -73,7 +75,8 @@ def worker_count(uncached: int) -> int:
 
 
 class _Worker:
-    """A compile worker process. Used by one thread at a time (compile_modules' feeder)."""
+    """A compile worker process. Used by one feeder thread at a time (compile_modules); a
+    reader thread of its own queues what it says."""
 
     def __init__(self) -> None:
         # the kernel library importable from wherever this process imported it
@@ -84,14 +87,33 @@ class _Worker:
             [sys.executable, "-c", _WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL, env=env, encoding="utf-8", bufsize=1)
         self.ready = False   # said so: warm, kernels handed to it start at once
+        self._lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read_all, daemon=True).start()
+
+    def _read_all(self) -> None:
+        try:
+            for line in self.proc.stdout:
+                self._lines.put(line.rstrip("\n"))
+        except (OSError, ValueError):
+            pass
+        self._lines.put("")   # it exited
 
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def wait_ready(self) -> bool:
-        if not self.ready:
-            self.ready = self._read() == "ready"
-        return self.ready
+    def wait_ready(self, give_up: Callable[[], bool]) -> bool:
+        """Whether it is ready, waiting until it is or `give_up()` says to stop waiting."""
+        while not self.ready:
+            try:
+                line = self._lines.get(timeout=0.02)
+            except queue.Empty:
+                if give_up():
+                    return False
+                continue
+            if line != "ready":
+                return False   # it exited while starting
+            self.ready = True
+        return True
 
     def compile(self, path: str) -> bool:
         """Compile the kernel at `path` there (keeping its machine code); False if that
@@ -101,13 +123,7 @@ class _Worker:
             self.proc.stdin.flush()
         except OSError:
             return False
-        return self._read() == "ok " + path
-
-    def _read(self) -> str:
-        try:
-            return self.proc.stdout.readline().rstrip("\n")
-        except (OSError, ValueError):
-            return ""
+        return self._lines.get() == "ok " + path
 
     def close(self) -> None:
         try:
@@ -208,7 +224,8 @@ def compile_modules(modules: list[tuple[str, str]], timings: dict[str, float] | 
             return todo.popleft() if todo else None
 
     def feed(worker: _Worker) -> None:
-        if not worker.wait_ready():
+        # a worker still starting when this thread has taken every kernel is not waited for
+        if not worker.wait_ready(lambda: not todo):
             return
         while (path := take()) is not None:
             used.add(id(worker))
