@@ -40,6 +40,13 @@ class CompileReport:
     def total(self) -> float:
         return sum(self.phases.values())
 
+    def record_kernels(self, calls: int, unique: int, stats: Any) -> None:
+        """A generated program's kernel calls, its unique kernels, and what their files were
+        in the cache (a graphc.codegen.cache.CacheStats)."""
+        self.kernels, self.unique_kernels = calls, unique
+        self.cache_written, self.cache_reused = stats.written, stats.reused
+        self.cache_repaired = stats.repaired
+
     def __str__(self) -> str:
         rows = [f"  {name:<32} {secs * 1000:9.1f} ms" for name, secs in self.phases.items()]
         return "\n".join([
@@ -274,10 +281,14 @@ class CompiledFunction:
                              f"optimizer state were left unchanged. First non-finite value: "
                              f"{where}")
 
-    def _prepare(self, arrays: dict[str, np.ndarray]) -> _Signature:
+    def _shapes(self, arrays: dict[str, np.ndarray]) -> dict[int, tuple]:
+        """Every node's shape for these feeds (hyperparameters included)."""
         feeds = dict(arrays)
         feeds.update({k: v.reshape(()) for k, v in self._hyper.items()})
-        shapes = concrete_shapes(self.program, feeds)
+        return concrete_shapes(self.program, feeds)
+
+    def _prepare(self, arrays: dict[str, np.ndarray]) -> _Signature:
+        shapes = self._shapes(arrays)
         sizes = np.array([shapes[nid][axis] for nid, axis in self._size_slots] or [0],
                          dtype=np.int64)
         nshards, bounds, shard_sizes = self._shards(shapes, sizes)

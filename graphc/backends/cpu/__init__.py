@@ -47,10 +47,7 @@ def _compile_program(program: Graph, report: CompileReport, optimizer: Optimizer
     stats = CacheStats()
     code = ProgramWriter(program, program.groups, program.memory, stats).write()
     timings["codegen"] = time.perf_counter() - start
-    report.kernels = len(code.instructions)
-    report.unique_kernels = len(code.modules)
-    report.cache_written, report.cache_reused = stats.written, stats.reused
-    report.cache_repaired = stats.repaired
+    report.record_kernels(len(code.instructions), len(code.modules), stats)
     built = compile_modules(code.modules + [code.executor], timings)
     report.compile_workers = built.workers
     report.cache_repaired += built.damaged
@@ -70,10 +67,7 @@ def _compile_fused(program: Graph, report: CompileReport, optimizer: Optimizer |
     step_source = writer.write()
     step_module, step_path = write_module("graphc_step", step_source, stats)
     timings["codegen"] = time.perf_counter() - start
-    report.kernels = len(writer.kernels)
-    report.unique_kernels = len({k.module for k in writer.kernels})
-    report.cache_written, report.cache_reused = stats.written, stats.reused
-    report.cache_repaired = stats.repaired
+    report.record_kernels(len(writer.kernels), len({k.module for k in writer.kernels}), stats)
 
     start = time.perf_counter()
     step_fn, rebuilt = _load_step(writer, step_module, step_path, program)
@@ -113,12 +107,16 @@ def _load_step(writer: StepWriter, module: str, path: str, program: Graph) -> tu
 
     Returns (step function, 1 if the Numba cache had to be dropped and rebuilt else 0)."""
     signature = _signature(writer, program)
-    try:
+
+    def load() -> Any:
         for kernel in writer.kernels:
             load_module(kernel.module, kernel.path)
         fn = load_module(module, path).step
         fn.compile(signature)
-        return fn, 0
+        return fn
+
+    try:
+        return load(), 0
     except Exception as err:
         # Any damaged cache entry: Numba unpickles its index and data files, so junk in them
         # raises whatever pickle raises (UnpicklingError, EOFError, KeyError, ...); the
@@ -127,11 +125,7 @@ def _load_step(writer: StepWriter, module: str, path: str, program: Graph) -> tu
             purge(kernel.module, kernel.path)
         purge(module, path)
         try:
-            for kernel in writer.kernels:
-                load_module(kernel.module, kernel.path)
-            fn = load_module(module, path).step
-            fn.compile(signature)
-            return fn, 1
+            return load(), 1
         except Exception as again:
             raise GraphError(f"compiling the step failed: {again} (first attempt: {err})") \
                 from again

@@ -24,6 +24,13 @@ import numba
 import numpy as np
 
 import graphc
+from graphc.backends.cpu.loops import (
+    FASTMATH,
+    flat_index,
+    nest,
+    operand_index,
+    reduction_loops,
+)
 from graphc.codegen.cache import CacheStats, write_module
 from graphc.codegen.common import (
     CTOR,
@@ -40,9 +47,7 @@ from graphc.passes.fusion import Group, data_inputs, describe_group
 from graphc.passes.memory import MemoryPlan
 from kernels.cpu.program import EXECUTOR_SOURCE, library_digest
 
-FASTMATH = "{'reassoc', 'nsz', 'contract'}"
 _DECORATOR = {
-    # loops: reassociation lets reductions vectorise; NaN and Inf still propagate
     "loop": f"@cfunc(KERNEL_SIGNATURE, fastmath={FASTMATH}, "
             "error_model='numpy', boundscheck=False)",
     # everything else: exact arithmetic (the finiteness check relies on v - v != 0)
@@ -431,18 +436,6 @@ def _source(kind: str, title: str, body: list[str], extra_imports: str = "") -> 
             "\n    return 0\n")
 
 
-def _operand_index(shape: tuple, space: tuple) -> str:
-    """Index of an operand of static `shape` inside iteration `space`, broadcasting."""
-    if not shape:
-        return "0"
-    offset = len(space) - len(shape)
-    parts = []
-    for j, d in enumerate(shape):
-        i = offset + j
-        parts.append("0" if d == 1 and space[i] != 1 else f"i{i}")
-    return ", ".join(parts)
-
-
 def _operand_shape(shape: tuple, space: tuple) -> list[str]:
     """The operand's shape in the loop's size names (1 on broadcast axes)."""
     if not shape:
@@ -568,23 +561,23 @@ def loop_kernel_source(graph: Graph, group: Group, in_place: dict[int, int],
 
     body: list[str] = []
     for nid in loads:
-        body.append(f"{local[nid]} = {arg_names[nid]}[{_operand_index(shapes[nid], space)}]")
+        body.append(f"{local[nid]} = {arg_names[nid]}[{operand_index(shapes[nid], space)}]")
 
     def operand(i: int) -> str:
         return literals.get(i, local.get(i, ""))
 
-    full = f"[{_operand_index(space, space)}]"
+    full = f"[{operand_index(space, space)}]"
     for nid in body_ids:
         node = graph.nodes[nid]
         expr = scalar_expr(node, [operand(i) for i in data_inputs(node)], graph,
-                           _flat_index(rank))
+                           flat_index(rank))
         body.append(f"{local[nid]} = {expr}")
         if nid in store_names:
             body.append(f"{store_names[nid]}{full} = {local[nid]}")
     if not reduce_root:
-        loops = _nest(rank, range(rank), body, 0)
+        loops = nest(rank, range(rank), body, 0)
     else:
-        loops = _reduction(root.op, root.dtype, reduced, rank, body,
+        loops = reduction_loops(root.op, root.dtype, reduced, rank, body,
                            operand(root.inputs[0]), store_names[root.id])
     title = (f"{group.kind} of {len(group.nodes)} nodes "
              f"({', '.join(graph.nodes[n].op for n in group.nodes)}), "
@@ -615,78 +608,6 @@ def _merged_shape(shape: tuple, full_space: tuple, axes: list[list[int]], space:
                     for a in merged if full_space[a] != 1)
         merged_shape.append(space[j] if spans or space[j] == 1 else 1)
     return tuple(merged_shape)
-
-
-def _flat_index(rank: int) -> str:
-    """The row-major flat index of the loop's element (i0, i1, ...) in the space (n0, ...)."""
-    flat = "i0" if rank else "0"
-    for a in range(1, rank):
-        flat = f"({flat} * n{a} + i{a})"
-    return flat
-
-
-def _nest(rank: int, axes, body: list[str], depth: int) -> list[str]:
-    lines = []
-    for level, a in enumerate(axes):
-        lines.append("    " * (depth + level) + f"for i{a} in range(n{a}):")
-    inner = depth + len(list(axes))
-    lines += ["    " * inner + b for b in body]
-    if rank == 0:
-        return ["    " * depth + "i0 = 0"] + ["    " * depth + b for b in body]
-    return lines
-
-
-def _identity(op: str, dtype: str, full: bool) -> str:
-    if op == "sum":
-        if dtype in ("float32", "float64"):
-            return "0.0" if full else f"{CTOR[dtype]}(0)"
-        return "np.int64(0)"
-    if dtype in ("float32", "float64"):
-        return f"{CTOR[dtype]}(-np.inf)" if op == "max" else f"{CTOR[dtype]}(np.inf)"
-    info = np.iinfo(dtype) if dtype != "bool" else None
-    if info is None:
-        return "False" if op == "max" else "True"
-    return f"{CTOR[dtype]}({info.min if op == 'max' else info.max})"
-
-
-def _combine(op: str, acc: str, v: str) -> str:
-    if op == "sum":
-        return f"{acc} + {v}"
-    if op not in ("max", "min"):
-        raise NotImplementedError(f"no CPU code for the reduction {op!r}")
-    cmp = ">" if op == "max" else "<"
-    return f"{v} if ({v} {cmp} {acc} or {v} != {v}) else {acc}"
-
-
-def _reduction(op: str, dtype: str, axes: list[int], rank: int, body: list[str], value: str,
-               out: str) -> list[str]:
-    """The loops of a reduction over loop axes `axes`; the output holds the kept axes."""
-    kept = [a for a in range(rank) if a not in axes]
-    out_index = ", ".join(f"i{a}" for a in kept) or "0"
-    full = not kept
-    init = _identity(op, dtype, full)
-    if list(axes) == list(range(len(kept), rank)) or rank == 0:
-        # reduced axes are the trailing ones: accumulate in a register
-        lines = []
-        for level, a in enumerate(kept):
-            lines.append("    " * level + f"for i{a} in range(n{a}):")
-        d = len(kept)
-        lines.append("    " * d + f"acc = {init}")
-        for level, a in enumerate(axes):
-            lines.append("    " * (d + level) + f"for i{a} in range(n{a}):")
-        inner = d + len(axes)
-        if rank == 0:
-            lines.append("    " * inner + "i0 = 0")
-        lines += ["    " * inner + b for b in body]
-        lines.append("    " * inner + f"acc = {_combine(op, 'acc', value)}")
-        lines.append("    " * d + f"{out}[{out_index}] = acc")
-        return lines
-    # general case: accumulate in the output array
-    init_body = [f"{out}[{out_index}] = {init}"]
-    lines = _nest(len(kept), kept, init_body, 0)
-    lines += _nest(rank, range(rank), body + [
-        f"{out}[{out_index}] = {_combine(op, f'{out}[{out_index}]', value)}"], 0)
-    return lines
 
 
 def gemm_source(dtype: str) -> str:
@@ -728,7 +649,7 @@ def copy_source(dtype: str, rank: int) -> str:
     body += [f"src = strided(address(a[{rank}]), {shape}, {src_strides}, {CTOR[dtype]})",
              f"dst = strided(address(a[{2 * rank + 1}]), {shape}, {dst_strides}, "
              f"{CTOR[dtype]})"]
-    body += _nest(rank, range(rank), [f"dst[{index}] = src[{index}]"], 0)
+    body += nest(rank, range(rank), [f"dst[{index}] = src[{index}]"], 0)
     return _source("exact", f"copy {dtype} rank {rank}", body)
 
 

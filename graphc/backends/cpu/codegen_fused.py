@@ -14,11 +14,9 @@ import os
 import re
 from dataclasses import dataclass, field
 
-import numpy as np
-
+from graphc.backends.cpu.loops import FASTMATH, flat_index, nest, operand_index, reduction_loops
 from graphc.codegen.cache import CacheStats, write_module
 from graphc.codegen.common import (
-    CTOR,
     Kernel,
     kernel_library_version,
     literal,
@@ -30,7 +28,6 @@ from graphc.ops import OPS
 from graphc.passes.fusion import Group, data_inputs, describe_group
 from graphc.passes.memory import MemoryPlan
 
-FASTMATH = "{'reassoc', 'nsz', 'contract'}"
 # A kernel the step calls once is inlined into it: one function compiles faster than a step
 # calling separately compiled kernels (measured 2.6 s vs 4.1 s cold for a 64-128-10 MLP). A
 # kernel called several times (the same layer repeated, the same optimizer update) is compiled
@@ -551,18 +548,6 @@ def pack_arguments(names: list[str]) -> list[list[str]] | None:
     return [names[k:k + MAX_CALL_ARGS] for k in range(0, len(names), MAX_CALL_ARGS)]
 
 
-def _operand_index(shape: tuple, space: tuple) -> str:
-    """Index of an operand of static `shape` inside iteration `space`, broadcasting."""
-    if not shape:
-        return "0"
-    offset = len(space) - len(shape)
-    parts = []
-    for j, d in enumerate(shape):
-        i = offset + j
-        parts.append("0" if d == 1 and space[i] != 1 else f"i{i}")
-    return ", ".join(parts)
-
-
 def loop_kernel_source(graph: Graph, group: Group, in_place: dict[int, int] | None = None
                        ) -> tuple[str, list[int]]:
     """Source of a fused loop kernel and the nodes it loads, in argument order.
@@ -593,17 +578,17 @@ def loop_kernel_source(graph: Graph, group: Group, in_place: dict[int, int] | No
     local = {nid: f"t{k}" for k, nid in enumerate(loads + body_ids)}
     body: list[str] = []
     for nid in loads:
-        index = _operand_index(graph.nodes[nid].shape, space)
+        index = operand_index(graph.nodes[nid].shape, space)
         body.append(f"{local[nid]} = {arg_names[nid]}[{index}]")
 
     def operand(i: int) -> str:
         return literals.get(i, local.get(i, ""))
 
-    full = f"[{_operand_index(space, space)}]"
+    full = f"[{operand_index(space, space)}]"
     for nid in body_ids:
         node = graph.nodes[nid]
         expr = scalar_expr(node, [operand(i) for i in data_inputs(node)], graph,
-                            _flat_index(rank))
+                           flat_index(rank))
         body.append(f"{local[nid]} = {expr}")
         if nid in store_names:
             body.append(f"{store_names[nid]}{full} = {local[nid]}")
@@ -617,89 +602,15 @@ def loop_kernel_source(graph: Graph, group: Group, in_place: dict[int, int] | No
         lines = [KERNEL_DECORATOR, f"def kernel({', '.join(f'p{k}' for k in range(len(packs)))}):"]
         lines += [f"    {', '.join(pack)}, = p{k}" for k, pack in enumerate(packs)]
     if not reduce_root:
-        lines += _nest(rank, range(rank), body, 1)
+        lines += nest(rank, range(rank), body, 1)
     else:
-        lines += _reduction(graph, root, space, body, operand(root.inputs[0]),
-                            store_names[root.id])
+        lines += reduction_loops(root.op, root.dtype, list(root.attrs["axes"]), rank, body,
+                                 operand(root.inputs[0]), store_names[root.id], depth=1,
+                                 keepdims=root.attrs["keepdims"])
     header = [f"# graphc kernel: {group.kind} of {len(group.nodes)} nodes "
               f"({', '.join(graph.nodes[n].op for n in group.nodes)})",
               f"# scalar library {kernel_library_version()}"]
     return "\n".join(header) + "\n" + KERNEL_PRELUDE + "\n\n" + "\n".join(lines) + "\n", loads
-
-
-def _flat_index(rank: int) -> str:
-    """The row-major flat index of the loop's element (i0, i1, ...) in the space (n0, ...)."""
-    flat = "i0" if rank else "0"
-    for a in range(1, rank):
-        flat = f"({flat} * n{a} + i{a})"
-    return flat
-
-
-def _nest(rank: int, axes, body: list[str], depth: int) -> list[str]:
-    lines = []
-    for level, a in enumerate(axes):
-        lines.append("    " * (depth + level) + f"for i{a} in range(n{a}):")
-    inner = depth + len(list(axes))
-    lines += ["    " * inner + b for b in body]
-    if rank == 0:
-        return ["    " * depth + "i0 = 0"] + ["    " * depth + b for b in body]
-    return lines
-
-
-def _identity(op: str, dtype: str, full: bool) -> str:
-    if op == "sum":
-        if dtype in ("float32", "float64"):
-            return "0.0" if full else f"{CTOR[dtype]}(0)"
-        return "np.int64(0)"
-    if dtype in ("float32", "float64"):
-        return f"{CTOR[dtype]}(-np.inf)" if op == "max" else f"{CTOR[dtype]}(np.inf)"
-    info = np.iinfo(dtype) if dtype != "bool" else None
-    if info is None:
-        return "False" if op == "max" else "True"
-    return f"{CTOR[dtype]}({info.min if op == 'max' else info.max})"
-
-
-def _combine(op: str, acc: str, v: str) -> str:
-    if op == "sum":
-        return f"{acc} + {v}"
-    cmp = ">" if op == "max" else "<"
-    return f"{v} if ({v} {cmp} {acc} or {v} != {v}) else {acc}"
-
-
-def _reduction(graph: Graph, root: Node, space: tuple, body: list[str], value: str,
-               out: str) -> list[str]:
-    axes = root.attrs["axes"]
-    keep = root.attrs["keepdims"]
-    rank = len(space)
-    kept = [a for a in range(rank) if a not in axes]
-    if keep:
-        out_index = ", ".join("0" if a in axes else f"i{a}" for a in range(rank)) or "0"
-    else:
-        out_index = ", ".join(f"i{a}" for a in kept) or "0"
-    full = not kept
-    init = _identity(root.op, root.dtype, full)
-    if list(axes) == list(range(len(kept), rank)) or rank == 0:
-        # reduced axes are the trailing ones: accumulate in a register
-        lines = []
-        for level, a in enumerate(kept):
-            lines.append("    " * (1 + level) + f"for i{a} in range(n{a}):")
-        d = 1 + len(kept)
-        lines.append("    " * d + f"acc = {init}")
-        for level, a in enumerate(axes):
-            lines.append("    " * (d + level) + f"for i{a} in range(n{a}):")
-        inner = d + len(axes)
-        if rank == 0:
-            lines.append("    " * inner + "i0 = 0")
-        lines += ["    " * inner + b for b in body]
-        lines.append("    " * inner + f"acc = {_combine(root.op, 'acc', value)}")
-        lines.append("    " * d + f"{out}[{out_index}] = acc")
-        return lines
-    # general case: accumulate in the output array
-    init_body = [f"{out}[{out_index}] = {init}"]
-    lines = _nest(len(kept), kept, init_body, 1)
-    lines += _nest(rank, range(rank), body + [
-        f"{out}[{out_index}] = {_combine(root.op, f'{out}[{out_index}]', value)}"], 1)
-    return lines
 
 
 def index_kernel_source(node: Node, graph: Graph) -> str:

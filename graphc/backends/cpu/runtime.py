@@ -20,7 +20,7 @@ from graphc.backends.cpu.codegen import Instruction, Program
 from graphc.errors import GraphError
 from graphc.ir import Graph
 from graphc.passes.memory import VIEW_OPS
-from graphc.runtime import CompiledFunction, CompileReport, _step_array, concrete_shapes
+from graphc.runtime import CompiledFunction, CompileReport, _step_array
 from kernels.cpu.program import STATUS_INDEX_RANGE, STATUS_NOT_FINITE
 from kernels.cpu.threads import set_blas_threads, threads_for
 
@@ -105,9 +105,7 @@ class ProgramFunction(CompiledFunction):
 
     # -- plans ---------------------------------------------------------------------------
     def _plan(self, arrays: dict[str, np.ndarray]) -> _Plan:
-        feeds = dict(arrays)
-        feeds.update({k: v.reshape(()) for k, v in self._hyper.items()})
-        shapes = concrete_shapes(self.program, feeds)
+        shapes = self._shapes(arrays)
         resolver = _Resolver(self.program, self.code, shapes, self._hyper)
         values: list[int] = []
         patches: dict[str, list[tuple[int, int]]] = {}

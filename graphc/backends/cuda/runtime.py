@@ -56,7 +56,7 @@ from graphc.errors import GraphError
 from graphc.ir import Graph, Value, as_values
 from graphc.passes.fusion import Group, data_inputs
 from graphc.passes.memory import MemoryPlan
-from graphc.runtime import CompiledFunction, CompileReport, concrete_shapes
+from graphc.runtime import CompiledFunction, CompileReport
 
 _STORE_ATTR = "_graphc_cuda_store"
 
@@ -393,9 +393,7 @@ class CudaCompiledFunction(CompiledFunction):
     # -- preparing launches for one feed shape ---------------------------------------------
     def _prepare(self, arrays: dict[str, np.ndarray]) -> _Plan:
         cuda = _cuda()
-        feeds = dict(arrays)
-        feeds.update({k: v.reshape(()) for k, v in self._hyper.items()})
-        shapes = concrete_shapes(self.program, feeds)
+        shapes = self._shapes(arrays)
         program, memory, config = self.program, self._memory, self._config
         slot_size: dict[int, int] = {}
         slot_dtype: dict[int, str] = {}
@@ -721,10 +719,7 @@ def build(program: Graph, groups: list[Group], memory: MemoryPlan, report: Compi
     writer = CudaStepWriter(program, groups, memory, stats, config)
     writer.write()
     timings["codegen"] = time.perf_counter() - start
-    report.kernels = len(writer.kernels)
-    report.unique_kernels = len({k.module for k in writer.kernels})
-    report.cache_written, report.cache_reused = stats.written, stats.reused
-    report.cache_repaired = stats.repaired
+    report.record_kernels(len(writer.kernels), len({k.module for k in writer.kernels}), stats)
     start = time.perf_counter()
     try:
         functions = _load_kernels(writer)

@@ -1,0 +1,100 @@
+"""Loop-nest source shared by the CPU code generators (codegen.py's kernels and
+codegen_fused.py's sharded steps): indexing with broadcasting, nests, reductions."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from graphc.codegen.common import CTOR
+
+#: Numba fastmath flags of loop kernels: reassociation lets reductions vectorise; NaN and
+#: Inf still propagate.
+FASTMATH = "{'reassoc', 'nsz', 'contract'}"
+
+
+def operand_index(shape: tuple, space: tuple) -> str:
+    """Index of an operand of static `shape` inside iteration `space`, broadcasting."""
+    if not shape:
+        return "0"
+    offset = len(space) - len(shape)
+    parts = []
+    for j, d in enumerate(shape):
+        i = offset + j
+        parts.append("0" if d == 1 and space[i] != 1 else f"i{i}")
+    return ", ".join(parts)
+
+
+def flat_index(rank: int) -> str:
+    """The row-major flat index of the loop's element (i0, i1, ...) in the space (n0, ...)."""
+    flat = "i0" if rank else "0"
+    for a in range(1, rank):
+        flat = f"({flat} * n{a} + i{a})"
+    return flat
+
+
+def nest(rank: int, axes, body: list[str], depth: int) -> list[str]:
+    lines = []
+    for level, a in enumerate(axes):
+        lines.append("    " * (depth + level) + f"for i{a} in range(n{a}):")
+    inner = depth + len(list(axes))
+    lines += ["    " * inner + b for b in body]
+    if rank == 0:
+        return ["    " * depth + "i0 = 0"] + ["    " * depth + b for b in body]
+    return lines
+
+
+def identity(op: str, dtype: str, full: bool) -> str:
+    if op == "sum":
+        if dtype in ("float32", "float64"):
+            return "0.0" if full else f"{CTOR[dtype]}(0)"
+        return "np.int64(0)"
+    if dtype in ("float32", "float64"):
+        return f"{CTOR[dtype]}(-np.inf)" if op == "max" else f"{CTOR[dtype]}(np.inf)"
+    info = np.iinfo(dtype) if dtype != "bool" else None
+    if info is None:
+        return "False" if op == "max" else "True"
+    return f"{CTOR[dtype]}({info.min if op == 'max' else info.max})"
+
+
+def combine(op: str, acc: str, v: str) -> str:
+    if op == "sum":
+        return f"{acc} + {v}"
+    if op not in ("max", "min"):
+        raise NotImplementedError(f"no CPU code for the reduction {op!r}")
+    cmp = ">" if op == "max" else "<"
+    return f"{v} if ({v} {cmp} {acc} or {v} != {v}) else {acc}"
+
+
+def reduction_loops(op: str, dtype: str, axes: list[int], rank: int, body: list[str],
+                    value: str, out: str, depth: int = 0, keepdims: bool = False) -> list[str]:
+    """The loops of a reduction over loop axes `axes`, indented `depth` levels; the output
+    `out` holds the kept axes (and, with `keepdims`, the reduced ones as size 1)."""
+    kept = [a for a in range(rank) if a not in axes]
+    if keepdims:
+        out_index = ", ".join("0" if a in axes else f"i{a}" for a in range(rank)) or "0"
+    else:
+        out_index = ", ".join(f"i{a}" for a in kept) or "0"
+    full = not kept
+    init = identity(op, dtype, full)
+    if list(axes) == list(range(len(kept), rank)) or rank == 0:
+        # reduced axes are the trailing ones: accumulate in a register
+        lines = []
+        for level, a in enumerate(kept):
+            lines.append("    " * (depth + level) + f"for i{a} in range(n{a}):")
+        d = depth + len(kept)
+        lines.append("    " * d + f"acc = {init}")
+        for level, a in enumerate(axes):
+            lines.append("    " * (d + level) + f"for i{a} in range(n{a}):")
+        inner = d + len(axes)
+        if rank == 0:
+            lines.append("    " * inner + "i0 = 0")
+        lines += ["    " * inner + b for b in body]
+        lines.append("    " * inner + f"acc = {combine(op, 'acc', value)}")
+        lines.append("    " * d + f"{out}[{out_index}] = acc")
+        return lines
+    # general case: accumulate in the output array
+    init_body = [f"{out}[{out_index}] = {init}"]
+    lines = nest(len(kept), kept, init_body, depth)
+    lines += nest(rank, range(rank), body + [
+        f"{out}[{out_index}] = {combine(op, f'{out}[{out_index}]', value)}"], depth)
+    return lines
