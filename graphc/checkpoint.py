@@ -28,6 +28,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
+from graphc.digest import describe_node
 from graphc.errors import GraphError
 from graphc.ir import Graph, format_shape
 
@@ -37,36 +38,11 @@ if TYPE_CHECKING:
 FORMAT = "graphc-checkpoint"
 VERSION = 1
 META_KEY = "__graphc__"
-_SMALL_ARRAY = 16
-
 PathLike = str | os.PathLike
 
 
 class CheckpointError(GraphError):
     """A checkpoint cannot be read, or does not fit the graph it is loaded into."""
-
-
-def _attr_key(value: Any) -> Any:
-    """A JSON-able, deterministic description of a node attribute (big arrays by shape and
-    dtype only)."""
-    if isinstance(value, np.ndarray):
-        desc: dict[str, Any] = {"shape": list(value.shape), "dtype": str(value.dtype)}
-        if value.size <= _SMALL_ARRAY:
-            desc["values"] = [repr(v) for v in value.ravel().tolist()]
-        return desc
-    if isinstance(value, np.generic):
-        return repr(value.item())
-    if isinstance(value, (bool, int, str)) or value is None:
-        return value
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, (tuple, list)):
-        return [_attr_key(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _attr_key(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
-    if callable(value):
-        return getattr(value, "__qualname__", type(value).__name__)
-    return type(value).__name__
 
 
 def fingerprint(program: Graph) -> str:
@@ -76,9 +52,7 @@ def fingerprint(program: Graph) -> str:
     user's script keeps the fingerprint."""
     digest = hashlib.sha256()
     for node in program.nodes:
-        item = [node.op, list(node.inputs), format_shape(node.shape), node.dtype, node.name,
-                node.role, _attr_key(node.attrs)]
-        digest.update(json.dumps(item, sort_keys=True).encode())
+        digest.update(json.dumps(describe_node(node), sort_keys=True).encode())
         digest.update(b"\n")
     tail = {"outputs": list(program.outputs), "updates": [list(u) for u in program.updates]}
     digest.update(json.dumps(tail, sort_keys=True).encode())

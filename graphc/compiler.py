@@ -73,19 +73,22 @@ def compile(  # noqa: A001 - the framework's verb
     timings: dict[str, float] = {}
     report = CompileReport(phases=timings)
     backends.prepare(target)
-    program = build_program(values, optimizer, fetch_values, timings)
-    program = apply_view(program, optimizer is not None if training is None else training)
-    report.nodes_before = len(program.nodes)
-    program = optimize(program, timings=timings)
-    report.nodes_after = len(program.nodes)
-    program = optimize(program, SCHEDULE if target == "cpu" else SCHEDULE_CUDA,
-                       timings=timings)
-    if program.shards is not None:
-        plan = program.shards
+    request = backends.CompileRequest(values, optimizer, fetch_values, training)
+    fn = backends.load_compiled(target, request, report, single)
+    if fn is None:
+        program = build_program(values, optimizer, fetch_values, timings)
+        program = apply_view(program, optimizer is not None if training is None else training)
+        report.nodes_before = len(program.nodes)
+        program = optimize(program, timings=timings)
+        report.nodes_after = len(program.nodes)
+        program = optimize(program, SCHEDULE if target == "cpu" else SCHEDULE_CUDA,
+                           timings=timings)
+        fn = backends.build(target, program, report, single, request)
+    plan = fn.program.shards
+    if plan is not None:
         report.sharding = (f"the batch is split into shards run in parallel "
                            f"({plan.regions} parallel region(s) per step)" if plan.enabled
                            else f"one thread: {plan.reason}")
-    fn = backends.build(target, program, report, optimizer, single, values[0].graph)
     fn.compile_args = (outputs, optimizer, fetch, training)
     maybe_prune()
     return fn

@@ -35,6 +35,7 @@ class CompileReport:
     nodes_after: int = 0
     sharding: str = ""   # how the batch is split over threads, or why it is not
     compile_workers: int = 0   # processes beside this one that compiled kernels
+    program_cache: str = ""    # "loaded", "saved", or why the program is not kept
 
     @property
     def total(self) -> float:
@@ -54,6 +55,7 @@ class CompileReport:
             f"{self.kernels} kernels ({self.unique_kernels} unique)", *rows,
             f"  kernel files: {self.cache_written} written, {self.cache_reused} reused from "
             f"the cache, {self.cache_repaired} repaired",
+            *([f"  program: {self.program_cache}"] if self.program_cache else []),
             *([f"  threads: {self.sharding}"] if self.sharding else [])])
 
 

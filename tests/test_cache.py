@@ -7,6 +7,7 @@ import errno
 import json
 import multiprocessing
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -315,7 +316,16 @@ def test_two_processes_compiling_one_model_into_a_fresh_cache(cache_root, tmp_pa
     assert a["loss"] == b["loss"] and np.isfinite(a["loss"])
     assert a["repaired"] == b["repaired"] == 0
     assert a["written"] + a["reused"] == b["written"] + b["reused"] > 0
-    for entry in cache.list_entries(cache_root):   # every file whole, as its name says
+    entries = cache.list_entries(cache_root)
+    programs = [e for e in entries if e.module.startswith("graphc_program_")]
+    assert len(programs) == 1 and not programs[0].source   # both wrote the same program
+    for blob in programs[0].files:
+        if blob.endswith(".pkl"):
+            with open(blob, "rb") as f:
+                assert pickle.load(f).code.instructions
+    for entry in entries:   # every source whole, as its name says
+        if not entry.source:
+            continue
         with open(entry.path) as f:
             header, _, source = f.read().partition("\n")
         assert header == "# graphc-source-sha256: " + cache.source_digest(source)

@@ -4,8 +4,9 @@ here. Nothing above this package knows which target runs.
 
 Every backend is a package with the same shape, and the same three entry points:
 
-  graphc/backends/<target>/__init__.py   prepare(), build(program, report, optimizer,
-                                         single, user_graph) -> CompiledFunction
+  graphc/backends/<target>/__init__.py   prepare(), load_compiled(request, report, single)
+                                         -> CompiledFunction | None, build(program, report,
+                                         single, request) -> CompiledFunction
   graphc/backends/<target>/codegen.py    kernels and the plan that calls them
   graphc/backends/<target>/runtime.py    the compiled function: buffers, calls, results
 
@@ -21,6 +22,7 @@ graphc/codegen/common.py; neither imports the other.
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass, field
 from typing import Any
 
 from graphc.backends import cpu
@@ -37,6 +39,18 @@ def _backend(target: str) -> Any:
     return cpu if target == "cpu" else importlib.import_module(f"graphc.backends.{target}")
 
 
+@dataclass
+class CompileRequest:
+    """What `gc.compile` was asked for: a backend that keeps compiled programs keys them
+    by it (`key` holds the key once computed)."""
+
+    outputs: list[Any]
+    optimizer: Any
+    fetch: list[Any]
+    training: bool | None
+    key: dict[str, Any] = field(default_factory=dict)
+
+
 def require(target: str) -> None:
     """Raise (a GraphError saying why and what to do) if `target` cannot run here."""
     _backend(target).require()
@@ -47,8 +61,14 @@ def prepare(target: str) -> None:
     _backend(target).prepare()
 
 
-def build(target: str, program: Any, report: Any, optimizer: Any, single: bool,
-          user_graph: Any) -> Any:
+def load_compiled(target: str, request: CompileRequest, report: Any, single: bool) -> Any:
+    """The compiled function of `request` from what the backend kept of an earlier compile
+    of the same computation, or None (then the pipeline runs and `build` is called)."""
+    return _backend(target).load_compiled(request, report, single)
+
+
+def build(target: str, program: Any, report: Any, single: bool,
+          request: CompileRequest) -> Any:
     """The compiled function of a scheduled `program` (groups and memory plan set) on
     `target`."""
-    return _backend(target).build(program, report, optimizer, single, user_graph)
+    return _backend(target).build(program, report, single, request)

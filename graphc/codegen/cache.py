@@ -387,6 +387,54 @@ def purge(module: str, path: str) -> None:
 
 # -- size, pruning and clearing ---------------------------------------------------------------
 
+def _blob_path(prefix: str, key: str) -> tuple[str, str, str]:
+    directory = writable_cache_dir()
+    module = f"{prefix}_{key[:20]}"
+    return directory, module, os.path.join(directory, "__pycache__", module + ".pkl")
+
+
+def write_blob(prefix: str, key: str, data: bytes) -> bool:
+    """Keep `data` as the cache entry `<prefix>_<key[:20]>` (a file in __pycache__ with its
+    record of use, pruned like the others). Written whole or not at all; a directory that
+    cannot take it is left alone (a blob is a shortcut, never needed): False."""
+    directory, module, path = _blob_path(prefix, key)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=_TEMP_PREFIX)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+    except OSError:
+        return False
+    _pending.setdefault(directory, []).append((time.time(), len(data)))
+    _in_use.add(os.path.join(directory, module + ".py"))
+    _touch_used(directory, module)
+    return True
+
+
+def read_blob(prefix: str, key: str) -> bytes | None:
+    """The data kept by `write_blob` under `key`, or None."""
+    directory, module, path = _blob_path(prefix, key)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    _in_use.add(os.path.join(directory, module + ".py"))
+    _touch_used(directory, module)
+    return data
+
+
+def drop_blob(prefix: str, key: str) -> None:
+    """Remove the data kept under `key` (found damaged)."""
+    with contextlib.suppress(OSError):
+        os.remove(_blob_path(prefix, key)[2])
+
+
 def max_cache_bytes() -> int | None:
     """The cap from `GRAPHC_CACHE_MAX_MB` (megabytes, default DEFAULT_MAX_MB); None if 0,
     negative or "none" (no cap)."""
@@ -407,7 +455,8 @@ def max_cache_bytes() -> int | None:
 @dataclass
 class CacheEntry:
     """One generated module and what is kept for it; `last_use` is the mtime of its record
-    of use (else of its newest file); `source` is False for files left without their .py."""
+    of use (else of its newest file); `source` is False for an entry without a .py: a blob
+    (write_blob) or files left without their source."""
 
     module: str
     directory: str

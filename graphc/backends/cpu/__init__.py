@@ -6,20 +6,25 @@ sharding (GRAPHC_SHARDS > 1) the step is instead one njit function with parallel
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numba
 import numpy as np
 
-from graphc.backends.cpu.codegen import ProgramWriter, executor_source
+from graphc.backends.cpu import program_cache
+from graphc.backends.cpu.codegen import Program, ProgramWriter, executor_source
 from graphc.backends.cpu.codegen_fused import StepWriter
 from graphc.backends.cpu.compile_kernels import compile_modules, prestart_workers
 from graphc.backends.cpu.runtime import ProgramFunction
 from graphc.codegen.cache import CacheStats, load_module, purge, write_module
-from graphc.errors import GraphError
+from graphc.errors import GraphError, user_location
 from graphc.ir import Graph
 from graphc.optim import Optimizer
 from graphc.runtime import CompiledFunction, CompileReport
+from kernels.cpu.threads import shard_count
+
+if TYPE_CHECKING:
+    from graphc.backends import CompileRequest
 
 
 def require() -> None:
@@ -31,22 +36,59 @@ def prepare() -> None:
     prestart_workers(write_module("graphc_kernel", executor_source())[1])
 
 
-def build(program: Graph, report: CompileReport, optimizer: Optimizer | None, single: bool,
-          user_graph: Graph) -> CompiledFunction:
+def _program_key(request: CompileRequest) -> str | None:
+    """The program cache's key of `request` (None: not kept), computed once."""
+    if "cpu" not in request.key:
+        request.key["cpu"] = program_cache.program_key(
+            request.outputs, request.optimizer, request.fetch, request.training) \
+            if program_cache.enabled() and shard_count() == 1 else None
+    return request.key["cpu"]
+
+
+def load_compiled(request: CompileRequest, report: CompileReport,
+                  single: bool) -> CompiledFunction | None:
+    """The step from the program cache (graphc/backends/cpu/program_cache.py), or None."""
+    start = time.perf_counter()
+    key = _program_key(request)
+    if key is None:
+        report.program_cache = "not kept (" + program_cache.why_not_kept(request.outputs) + ")"
+        return None
+    stats = CacheStats()
+    user_graph = request.outputs[0].graph
+    entry = program_cache.load(key, user_graph, user_location(), stats)
+    report.phases["program cache"] = time.perf_counter() - start
+    if entry is None:
+        return None
+    report.program_cache = "loaded from the program cache (no autodiff, passes or codegen)"
+    report.nodes_before, report.nodes_after = entry.nodes_before, entry.nodes_after
+    return _run_program(entry.program, entry.code, stats, report, request.optimizer, single,
+                        user_graph)
+
+
+def build(program: Graph, report: CompileReport, single: bool,
+          request: CompileRequest) -> CompiledFunction:
     """The compiled function of a scheduled `program` (groups and memory plan set)."""
+    user_graph = request.outputs[0].graph
     if program.shards is not None and program.shards.enabled:
-        return _compile_fused(program, report, optimizer, single, user_graph)
-    return _compile_program(program, report, optimizer, single, user_graph)
-
-
-def _compile_program(program: Graph, report: CompileReport, optimizer: Optimizer | None,
-                     single: bool, user_graph: Graph) -> CompiledFunction:
-    """The CPU step as a program of kernel calls (codegen.py)."""
+        return _compile_fused(program, report, request.optimizer, single, user_graph)
     timings = report.phases
     start = time.perf_counter()
     stats = CacheStats()
     code = ProgramWriter(program, program.groups, program.memory, stats).write()
     timings["codegen"] = time.perf_counter() - start
+    key = _program_key(request)
+    if key is not None and program_cache.save(key, program, code, user_graph, user_location(),
+                                              report.nodes_before):
+        report.program_cache = "saved to the program cache"
+    return _run_program(program, code, stats, report, request.optimizer, single, user_graph)
+
+
+def _run_program(program: Graph, code: Program, stats: CacheStats, report: CompileReport,
+                 optimizer: Optimizer | None, single: bool,
+                 user_graph: Graph) -> CompiledFunction:
+    """The CPU step as a program of kernel calls (codegen.py): machine code of its kernels,
+    and the function that runs them."""
+    timings = report.phases
     report.record_kernels(len(code.instructions), len(code.modules), stats)
     built = compile_modules(code.modules + [code.executor], timings)
     report.compile_workers = built.workers

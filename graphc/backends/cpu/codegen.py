@@ -172,7 +172,7 @@ class ProgramWriter:
         outputs = [self.output_ref(nid) for nid in self.graph.outputs]
         self.write_kernel_files()
         program = Program(self.instructions, self.kernels, self.view_sources, outputs)
-        program.listing = self.listing()
+        program.listing = program_listing(self.graph, program)
         program.modules = sorted({(k.module, k.path) for k in self.kernels})
         program.executor = write_module("graphc_kernel", executor_source())
         return program
@@ -206,19 +206,6 @@ class ProgramWriter:
             if k.source not in written:
                 written[k.source] = write_module("graphc_kernel", k.source, self.stats)
             k.module, k.path = written[k.source]
-
-    def listing(self) -> str:
-        """The program as the user reads it: one line per call, with the nodes it computes
-        and the lines of the user's code they came from."""
-        lines = [f"# CPU step of graph {self.graph.name!r}: {len(self.instructions)} calls of "
-                 f"{len({k.module for k in self.kernels})} kernels "
-                 "(kernels/cpu/program.py runs them in order)"]
-        for k, ins in enumerate(self.instructions):
-            where = sorted({short_location(self.graph.nodes[n].where) for n in ins.nodes})
-            check = "  [check]" if ins.check else ""
-            origin = "" if not where or " from " in ins.what else "  from " + ", ".join(where)
-            lines.append(f"{k:4d}  {ins.kernel.module}  {ins.what}{check}{origin}")
-        return "\n".join(lines) + "\n"
 
     # -- groups -------------------------------------------------------------------------
     def emit_group(self, group: Group) -> None:
@@ -408,6 +395,20 @@ class ProgramWriter:
                 args += [("addr", self.ref(nid)), ("count", nid)]
             self.add(finite_check_source(dtype), args, group,
                      f"check: {what} ({len(group)} array(s))", check=True)
+
+
+def program_listing(graph: Graph, program: Program) -> str:
+    """The program as the user reads it: one line per call, with the nodes it computes and
+    the lines of the user's code they came from."""
+    lines = [f"# CPU step of graph {graph.name!r}: {len(program.instructions)} calls of "
+             f"{len({k.module for k in program.kernels})} kernels "
+             "(kernels/cpu/program.py runs them in order)"]
+    for k, ins in enumerate(program.instructions):
+        where = sorted({short_location(graph.nodes[n].where) for n in ins.nodes})
+        check = "  [check]" if ins.check else ""
+        origin = "" if not where or " from " in ins.what else "  from " + ", ".join(where)
+        lines.append(f"{k:4d}  {ins.kernel.module}  {ins.what}{check}{origin}")
+    return "\n".join(lines) + "\n"
 
 
 def executor_source() -> str:

@@ -4,10 +4,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from graphc.backends.cuda.codegen import require_cuda
 from graphc.ir import Graph
-from graphc.optim import Optimizer
 from graphc.runtime import CompiledFunction, CompileReport
+
+if TYPE_CHECKING:
+    from graphc.backends import CompileRequest
 
 
 def require() -> None:
@@ -19,10 +23,16 @@ def prepare() -> None:
     """Nothing to start before the graph passes."""
 
 
-def build(program: Graph, report: CompileReport, optimizer: Optimizer | None, single: bool,
-          user_graph: Graph) -> CompiledFunction:
+def load_compiled(request: CompileRequest, report: CompileReport,
+                  single: bool) -> CompiledFunction | None:
+    """CUDA programs are built afresh each time (their kernels are cached on disk)."""
+    return None
+
+
+def build(program: Graph, report: CompileReport, single: bool,
+          request: CompileRequest) -> CompiledFunction:
     """The compiled function of a scheduled `program` (groups and memory plan set)."""
     from graphc.backends.cuda import runtime
 
-    return runtime.build(program, program.groups, program.memory, report, optimizer, single,
-                         user_graph)
+    return runtime.build(program, program.groups, program.memory, report, request.optimizer,
+                         single, request.outputs[0].graph)
