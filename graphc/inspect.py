@@ -88,6 +88,92 @@ def format_nodes(graph: Graph, ids: list[int], outputs: list[int]) -> str:
     return "\n".join(lines)
 
 
+#: The width of a summary line (`step.kernels`, `step.backward`).
+SUMMARY_WIDTH = 100
+
+
+def clip(line: str, width: int = SUMMARY_WIDTH) -> str:
+    """`line` cut to `width` characters, ending in '...' when cut."""
+    return line if len(line) <= width else line[:width - 3] + "..."
+
+
+def _counted(counts: dict[str, int], limit: int = 6) -> str:
+    """'a 3, b 2, ... +N more' of the most frequent keys."""
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    text = ", ".join(f"{k} {n}" for k, n in ranked[:limit])
+    return text + (f", +{len(ranked) - limit} more" if len(ranked) > limit else "")
+
+
+def _locations(wheres: list[str]) -> str:
+    shown = sorted({short_location(w) for w in wheres})
+    return ", ".join(shown[:2]) + (f" +{len(shown) - 2}" if len(shown) > 2 else "")
+
+
+def summarize_nodes(graph: Graph, ids: list[int], title: str) -> str:
+    """A header (node counts by role, op and gradient rule) and one line of at most
+    SUMMARY_WIDTH characters per node: label, op, shape, dtype, user line, and for backward
+    nodes the rule and the forward node it came from."""
+    nodes = [graph.nodes[i] for i in ids]
+    roles: dict[str, int] = {}
+    rules: dict[str, int] = {}
+    for n in nodes:
+        roles[n.role] = roles.get(n.role, 0) + 1
+        if n.provenance is not None:
+            rules[n.provenance.rule] = rules.get(n.provenance.rule, 0) + 1
+    lines = [clip(f"{title}: {len(nodes)} nodes ({_counted(roles)})")]
+    if rules:
+        lines.append(clip(f"  rules: {_counted(rules)}"))
+    rows = []
+    for n in nodes:
+        origin = ""
+        if n.provenance is not None:
+            fwd = graph.nodes[n.provenance.forward]
+            origin = f"<- {n.provenance.rule} of {fwd.label}"
+        rows.append((n.label, n.op, format_shape(n.shape), n.dtype, short_location(n.where),
+                     origin))
+    caps = (8, 14, 16, 7, 24)
+    widths = [min(cap, max((len(r[k]) for r in rows), default=0)) for k, cap in enumerate(caps)]
+    for row in rows:
+        cells = "  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths))
+        lines.append(clip(f"  {cells}  {row[-1]}".rstrip()))
+    return "\n".join(lines)
+
+
+def summarize_kernels(kernels: list[Any], graph: Graph) -> str:
+    """A header (calls, unique kernels, calls per group kind) and one line of at most
+    SUMMARY_WIDTH characters per kernel call: index, name, group kind, node count, ops and
+    the user lines they came from."""
+    kinds: dict[str, int] = {}
+    for k in kernels:
+        kinds[k.group.kind] = kinds.get(k.group.kind, 0) + 1
+    unique = len({k.source for k in kernels})
+    lines = [clip(f"{len(kernels)} kernel calls of {unique} unique kernels "
+                  f"({_counted(kinds)})"), "  (kernels[i].source is a kernel's generated code)"]
+    for i, k in enumerate(kernels):
+        ops: list[str] = []
+        for nid in k.nodes:
+            if graph.nodes[nid].op not in ops:
+                ops.append(graph.nodes[nid].op)
+        where = _locations([graph.nodes[nid].where for nid in k.nodes])
+        lines.append(clip(f"  {i:4d} {k.name:<6} {k.group.kind:<6} {len(k.nodes):3d} nodes  "
+                          f"{where:<26} {','.join(ops)}"))
+    return "\n".join(lines)
+
+
+class KernelList(list):
+    """The kernels of a compiled step, in call order: a list whose repr is a summary, one
+    line per kernel (`kernels[i].source` is a kernel's generated code)."""
+
+    def __init__(self, kernels: list[Any], graph: Graph) -> None:
+        super().__init__(kernels)
+        self.graph = graph
+
+    def __repr__(self) -> str:
+        return summarize_kernels(self, self.graph)
+
+    __str__ = __repr__
+
+
 def to_networkx(target: Any) -> Any:
     """A `networkx.DiGraph`: one node per graph node (keyed by id) with attributes `op`,
     `shape`, `dtype`, `role`, `label`, `where` (and `grad_of`, `rule` for backward nodes);
@@ -128,4 +214,5 @@ def to_dot(target: Any) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["describe", "format_graph", "to_dot", "to_networkx", "Value"]
+__all__ = ["KernelList", "describe", "format_graph", "summarize_kernels", "summarize_nodes",
+           "to_dot", "to_networkx", "Value"]

@@ -13,7 +13,7 @@ import numpy as np
 
 from graphc.errors import GraphError, NonFiniteError
 from graphc.feeds import check_feeds
-from graphc.inspect import format_nodes
+from graphc.inspect import KernelList, format_nodes, summarize_nodes
 from graphc.interpret import run_nodes
 from graphc.ir import Graph, ancestors
 from graphc.ops import OPS
@@ -76,8 +76,16 @@ class BackwardGraph:
     def __graphc_listing__(self) -> str:
         return format_nodes(self.graph, self.node_ids, [n for _, n in self.graph.updates])
 
-    def __str__(self) -> str:
+    def full(self) -> str:
+        """Every node with its operands, attributes and provenance (`gc.format_graph`)."""
         return self.__graphc_listing__()
+
+    def __str__(self) -> str:
+        return summarize_nodes(self.graph, self.node_ids,
+                               f"backward graph of {self.graph.name!r}") + \
+            "\n(.full() or gc.format_graph(step.backward) lists operands and attributes)"
+
+    __repr__ = __str__
 
 
 def _step_array(a: np.ndarray) -> np.ndarray:
@@ -141,7 +149,7 @@ class CompiledFunction:
         self._args_spec = list(writer.args)
         self._size_slots = list(writer.size_slots)
         self._slots = slots
-        self.kernels = writer.kernels
+        self.kernels = KernelList(writer.kernels, program)
         self.compile_report = report
         self.optimizer = optimizer
         self.graph = user_graph

@@ -444,9 +444,17 @@ def test_step_introspection(graphc_cache_dir: str) -> None:
     """The printable backward graph, the kernels and the compile report of a step."""
     _, _, loss, accuracy = classifier()
     step = compile_step(loss, gc.optim.Adam(lr=0.05), fetch=[accuracy])
-    listing = str(step.backward)
+    listing = step.backward.full()
     assert listing == gc.format_graph(step.backward)
     assert len(step.backward) > 10 and "backward:" in listing
+    summary = str(step.backward).splitlines()
+    assert summary[0].startswith("backward graph of") and f"{len(step.backward)} nodes" in \
+        summary[0] and "softmax_cross_entropy rule" in summary[1]
+    assert len(summary) == len(step.backward) + 3 and max(map(len, summary)) <= 100
+    kernels = repr(step.kernels).splitlines()
+    assert len(kernels) == len(step.kernels) + 2 and max(map(len, kernels)) <= 100
+    assert f"{len(step.kernels)} kernel calls" in kernels[0]
+    assert repr(step.kernels[0]).count("\n") == 0 and "source" in repr(step.kernels[0])
     assert "softmax_cross_entropy rule" in listing and "matmul vjp" in listing
     assert os.path.basename(__file__) in listing  # user lines, not graphc internals
     assert step.kernels

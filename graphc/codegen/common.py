@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from graphc.errors import short_location
 from graphc.ir import Graph, Node
 from graphc.ops import OPS
 from graphc.passes.fusion import BROADCASTS, Group
@@ -55,9 +56,10 @@ def scalar_expr(node: Node, operands: list[str], graph: Graph, flat: str = "0") 
     return template.format(*operands, T=CTOR[node.dtype], _flat=flat, **attrs)
 
 
-@dataclass
+@dataclass(repr=False)
 class Kernel:
-    """One generated kernel: its source, the file it lives in, and what it computes."""
+    """One generated kernel: its source, the file it lives in, and what it computes.
+    Its repr is one line; `source` is the generated code."""
 
     group: Group
     name: str
@@ -66,6 +68,12 @@ class Kernel:
     path: str = ""
     nodes: list[int] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        shown = [short_location(w) for w in self.lines[:2]]
+        where = ", ".join(shown) + (f" +{len(self.lines) - 2}" if len(self.lines) > 2 else "")
+        return (f"<{type(self).__name__} {self.name}: {self.group.kind} of {len(self.nodes)} "
+                f"node(s) from {where or '?'}; .source is its code>")
 
 
 @functools.cache

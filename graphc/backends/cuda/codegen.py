@@ -151,7 +151,7 @@ def default_config() -> LaunchConfig:
 
 # -- kernels and instructions -------------------------------------------------------------
 
-@dataclass
+@dataclass(repr=False)
 class CudaKernel(Kernel):
     """A generated CUDA kernel file: `functions` maps each kernel function in it to the
     signatures it is launched with."""
