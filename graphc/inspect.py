@@ -123,18 +123,22 @@ def summarize_nodes(graph: Graph, ids: list[int], title: str) -> str:
     lines = [clip(f"{title}: {len(nodes)} nodes ({_counted(roles)})")]
     if rules:
         lines.append(clip(f"  rules: {_counted(rules)}"))
+    wheres = {short_location(n.where) for n in nodes}
+    if len(wheres) == 1 and len(nodes) > 1:   # e.g. every gradient node of one grad() call
+        lines.append(f"  every node built at {wheres.pop()}")
+        wheres = set()
     rows = []
     for n in nodes:
         origin = ""
         if n.provenance is not None:
             fwd = graph.nodes[n.provenance.forward]
-            origin = f"<- {n.provenance.rule} of {fwd.label}"
-        rows.append((n.label, n.op, format_shape(n.shape), n.dtype, short_location(n.where),
-                     origin))
+            origin = f"<- {n.provenance.rule} of {fwd.label} ({short_location(fwd.where)})"
+        rows.append((n.label, n.op, format_shape(n.shape), n.dtype,
+                     short_location(n.where) if wheres else "", origin))
     caps = (8, 14, 16, 7, 24)
     widths = [min(cap, max((len(r[k]) for r in rows), default=0)) for k, cap in enumerate(caps)]
     for row in rows:
-        cells = "  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths))
+        cells = "  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths) if w)
         lines.append(clip(f"  {cells}  {row[-1]}".rstrip()))
     return "\n".join(lines)
 
