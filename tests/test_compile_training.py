@@ -450,7 +450,7 @@ def test_step_introspection(graphc_cache_dir: str) -> None:
     summary = str(step.backward).splitlines()
     assert summary[0].startswith("backward graph of") and f"{len(step.backward)} nodes" in \
         summary[0] and "softmax_cross_entropy rule" in summary[1]
-    assert len(summary) in (len(step.backward) + 3, len(step.backward) + 4) and max(map(len, summary)) <= 100
+    assert len(summary) - len(step.backward) in (3, 4) and max(map(len, summary)) <= 100
     kernels = repr(step.kernels).splitlines()
     assert len(kernels) == len(step.kernels) + 2 and max(map(len, kernels)) <= 100
     assert f"{len(step.kernels)} kernel calls" in kernels[0]
