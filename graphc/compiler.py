@@ -13,6 +13,7 @@ from graphc import backends
 from graphc.autodiff import grad
 from graphc.codegen.cache import maybe_prune
 from graphc.errors import GraphError, user_location
+from graphc.explain import record_compile
 from graphc.ir import Graph, as_values, building_gradient, format_shape, is_float
 from graphc.optim import Optimizer
 from graphc.passes import SCHEDULE, SCHEDULE_CUDA, optimize
@@ -90,5 +91,6 @@ def compile(  # noqa: A001 - the framework's verb
                            f"({plan.regions} parallel region(s) per step)" if plan.enabled
                            else f"one thread: {plan.reason}")
     fn.compile_args = (outputs, optimizer, fetch, training)
+    record_compile(fn, values, optimizer, target, fetch_values, training)
     maybe_prune()
     return fn

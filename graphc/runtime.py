@@ -194,6 +194,16 @@ class CompiledFunction:
         """Names of the inputs a call must feed, in the order the graph declared them."""
         return [n.name for n in self._inputs]
 
+    # -- inspection ------------------------------------------------------------------------
+    def explain(self, feeds: dict[str, Any] | None = None) -> Any:
+        """What the compiler decided (graphc/explain.py): forward values the backward keeps,
+        the memory plan, fusion groups and why neighbours were not fused, and what changed
+        in the compile key. Sized for `feeds`, else the last call's feeds. Prints as a
+        report; `.as_dict()` gives the data."""
+        from graphc.explain import explain
+
+        return explain(self, feeds)
+
     # -- checkpoints ---------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> str:
         """Write parameters, graph state (optimizer moments), `state["step"]` and a

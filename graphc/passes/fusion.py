@@ -54,6 +54,8 @@ class Group:
     phase: int
     stores: list[int] = field(default_factory=list)  # nodes whose values leave the group
     loads: list[int] = field(default_factory=list)   # nodes read from outside the group
+    # why the root was not fused into the groups of its consumers, one line per consumer
+    not_fused: list[str] = field(default_factory=list)
 
     @property
     def root(self) -> int:
@@ -109,15 +111,22 @@ def fuse(graph: Graph) -> list[Group]:
         kind = "loop" if is_loop_op(node) else OPS[node.op].kind
         if kind == "reduce":
             kind = "loop"
+        why: list[str] = []
         if kind == "loop" and is_loop_op(node):
-            target = _host_group(graph, node, users, group_of, phase, reaches)
+            target = _host_group(graph, node, users, group_of, phase, reaches, why)
             if target is not None:
                 target.nodes.append(node.id)
                 group_of[node.id] = target
                 continue
+        elif kind == "loop":
+            why.append(f"{node.op} is a reduction: it can only end a loop group, as its root")
+        elif users[node.id]:
+            why.append(f"{node.op} is a {kind} op: " + (
+                "a view of its operand, no kernel" if kind == "view" else
+                "a BLAS call" if kind == "matmul" else f"a {kind} group of its own"))
         kind = {"elementwise": "loop", "view": "view", "index": "index", "shape": "shape",
                 "matmul": "matmul"}.get(kind, kind)
-        group = Group(kind, [node.id], phase[node.id])
+        group = Group(kind, [node.id], phase[node.id], not_fused=why)
         group_of[node.id] = group
         groups.append(group)
 
@@ -178,27 +187,49 @@ def _update_ids(graph: Graph) -> set[int]:
 
 
 def _host_group(graph: Graph, node: Node, users: dict[int, list[int]],
-                group_of: dict[int, Group], phase: dict[int, int], reaches) -> Group | None:
-    """The consumer group `node` can be fused into (computed there, stored if needed)."""
+                group_of: dict[int, Group], phase: dict[int, int], reaches,
+                why: list[str] | None = None) -> Group | None:
+    """The consumer group `node` can be fused into (computed there, stored if needed).
+    When there is none, `why` receives a line per consumer saying why not."""
+    why = [] if why is None else why
+    phases = {1: "the outputs", 2: "the gradients", 3: "the updates"}
+    if not users[node.id]:
+        why.append("no consumer (an output or an update)")
     for user in users[node.id]:
+        user_node = graph.nodes[user]
+        name = f"{user_node.label} ({user_node.op})"
         group = group_of.get(user)
-        if group is None or group.kind != "loop" or group.phase != phase[node.id]:
+        if group is None:
+            why.append(f"{name}: a leaf")
+            continue
+        if group.kind != "loop":
+            why.append(f"{name}: runs as a {group.kind} group, not a generated loop")
+            continue
+        if group.phase != phase[node.id]:
+            why.append(f"{name}: computes {phases[group.phase]}, this node "
+                       f"{phases[phase[node.id]]}")
             continue
         root = graph.nodes[group.root]
         if iteration_shape(graph, root) != node.shape:
+            why.append(f"{name}: its group loops over {iteration_shape(graph, root)}, this "
+                       f"node over {node.shape}")
             continue
-        user_node = graph.nodes[user]
         if not is_loop_op(user_node) and user != group.root:
+            why.append(f"{name}: a reduction inside its group")
             continue
         members = set(group.nodes)
         outside = [u for u in users[node.id] if u not in members]
         if outside and any(n in _update_ids(graph) for n in members):
             # an update group only stores updates, so every other group can run before
             # any parameter is written (and the step can check the gradients first)
+            why.append(f"{name}: its group writes a parameter update and this value has "
+                       "other readers")
             continue
         # Joining adds edges group -> (groups of the outside users); refuse if one of those
         # already leads back to the group (the group graph must stay acyclic).
         if any(reaches(group_of[u], group) for u in outside if u in group_of):
+            why.append(f"{name}: fusing would make a cycle between groups (another reader "
+                       "of this value depends on that group)")
             continue
         return group
     return None
