@@ -25,7 +25,7 @@ def _feeds(batch: int) -> dict[str, np.ndarray]:
 
 
 def test_explain_names_kept_values_memory_and_fusion(graphc_cache_dir: str) -> None:
-    g, loss = _model("explain_small")
+    _, loss = _model("explain_small")
     step = gc.compile(loss, optimizer=gc.optim.SGD(lr=0.1, momentum=0.9))
     step(**_feeds(16))
     step(**_feeds(8))
