@@ -2,6 +2,7 @@
 
     graphc demo [--epochs N]                  train the digits MLP (examples/mlp_digits.py)
     graphc show model.py[:VAR] [--backward] [--format text|dot|svg] [-o FILE]
+    graphc profile model.py[:VAR] [--steps N] [--batch B] [--json FILE]
     graphc bench [ARGS...]                    run benchmarks/run.py of a source checkout
     graphc cache [info|clear|prune [--max-mb N]]  the kernel cache: show, empty, shrink
 """
@@ -29,6 +30,9 @@ EPILOG = """subcommands:
           defines at module level; `model.py:logits` picks another. --backward shows
           the backward graph of gc.grad(VAR, graph.params); --format dot prints Graphviz
           DOT, --format svg renders it with the `dot` binary (Graphviz)
+  profile time every kernel call of the script's compiled training step (`step`,
+          else its loss compiled with SGD) and print a table: share, us/call, GFLOP/s
+          and GB/s against this machine's measured peaks
   bench   run the benchmarks (benchmarks/run.py of a source checkout; its options
           pass through, e.g. `graphc bench --workloads digits --rounds 3`)
   cache   the kernel cache (GRAPHC_CACHE_DIR, default ~/.cache/graphc): `graphc cache
@@ -192,6 +196,52 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- profile --------------------------------------------------------------------------------
+
+def synthetic_feeds(step: Any, batch: int) -> dict[str, Any]:
+    """Feeds for every input of `step`: None axes of size `batch`, floats from a normal
+    distribution, integers 0 (a valid class and index for any size)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for node in step._inputs:
+        shape = tuple(batch if d is None else d for d in node.shape)
+        feeds[node.name] = rng.standard_normal(shape).astype(node.dtype) \
+            if np.dtype(node.dtype).kind == "f" else np.zeros(shape, dtype=node.dtype)
+    return feeds
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    """`graphc profile FILE.py[:VAR] [--steps N] [--batch B] [--json FILE]`."""
+    import json
+
+    import graphc as gc
+    from graphc.runtime import CompiledFunction
+
+    path, var = _split_target(args.target)
+    if not os.path.isfile(path):
+        raise CommandError(f"no such file: {path}")
+    namespace = _run_script(path, list(args.script_args), run_name="__graphc_show__")
+    step = namespace.get(var or "step")
+    if not isinstance(step, CompiledFunction):
+        name, loss = pick_variable(namespace, var)
+        if not isinstance(loss, gc.Value) or loss.shape != ():
+            raise CommandError(f"profile needs a compiled step or a scalar loss; {name!r} "
+                               "is neither")
+        step = gc.compile(loss, optimizer=gc.optim.SGD(lr=0.01))
+    feeds = namespace.get("feeds")
+    if not isinstance(feeds, dict):
+        feeds = synthetic_feeds(step, args.batch)
+    result = step.profile(feeds, steps=args.steps)
+    print(result)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(result.as_dict(), f, indent=1)
+        print(f"wrote the profile to {args.json}")
+    return 0
+
+
 # -- bench ----------------------------------------------------------------------------------
 
 def cmd_bench(argv: list[str]) -> int:
@@ -257,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="graphc", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"graphc {_version()}")
-    sub = parser.add_subparsers(dest="command", metavar="{demo,show,bench,cache}")
+    sub = parser.add_subparsers(dest="command", metavar="{demo,show,profile,bench,cache}")
     sub.add_parser("demo", help="train an MLP on the bundled digits (examples/mlp_digits.py)",
                    description="Train a two-hidden-layer MLP on the bundled 8x8 digits with a "
                    "compiled training step and gc.fit. Options (--epochs, --batch-size, "
@@ -276,6 +326,20 @@ def build_parser() -> argparse.ArgumentParser:
                       help="text listing (default), Graphviz DOT, or SVG (needs `dot`)")
     show.add_argument("-o", "--output", metavar="FILE", help="write to FILE, not stdout")
     show.add_argument("script_args", nargs="*", metavar="ARG",
+                      help="arguments for the script (after --)")
+    prof = sub.add_parser(
+        "profile", help="time every kernel call of a script's compiled training step",
+        description="Run a Python script (as for `show`) and time every kernel call of its "
+        "compiled CPU training step: the variable `step` (or VAR) if it is a compiled step, "
+        "else the loss compiled with SGD. Feeds: the script's `feeds` dict, else random "
+        "floats and zero integers with None axes of --batch. Parameters are restored "
+        "afterwards.")
+    prof.add_argument("target", metavar="FILE.py[:VAR]")
+    prof.add_argument("--steps", type=int, default=50, help="profiled steps (default 50)")
+    prof.add_argument("--batch", type=int, default=32,
+                      help="size of None axes of synthetic feeds (default 32)")
+    prof.add_argument("--json", metavar="FILE", help="also write the profile as JSON")
+    prof.add_argument("script_args", nargs="*", metavar="ARG",
                       help="arguments for the script (after --)")
     sub.add_parser("bench", help="run the benchmarks (benchmarks/run.py, source checkout)",
                    description="Run benchmarks/run.py of graphc's source checkout; every "
@@ -326,6 +390,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        if args.command == "profile":
+            return cmd_profile(args)
         return cmd_cache(args) if args.command == "cache" else cmd_show(args)
     except CommandError as err:
         print(f"graphc {args.command}: {err}", file=sys.stderr)

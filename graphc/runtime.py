@@ -204,6 +204,15 @@ class CompiledFunction:
 
         return explain(self, feeds)
 
+    def profile(self, feeds: dict[str, Any], steps: int = 50) -> Any:
+        """Time every kernel call of this CPU step over `steps` runs on `feeds`
+        (graphc/profile.py), against this machine's measured FLOP/s and bytes/s peaks.
+        Parameters, optimizer state and the step counter are restored afterwards. Prints
+        as a table; `.as_dict()` gives the data."""
+        from graphc.profile import profile
+
+        return profile(self, feeds, steps)
+
     # -- checkpoints ---------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> str:
         """Write parameters, graph state (optimizer moments), `state["step"]` and a

@@ -55,7 +55,7 @@ def model(tmp_path) -> str:
 def test_help_explains_every_subcommand() -> None:
     done = run_cli("--help")
     assert done.returncode == 0
-    for command in ("demo", "show", "bench"):
+    for command in ("demo", "show", "profile", "bench"):
         assert re.search(rf"^  {command}\s", done.stdout, flags=re.M), command
     assert "--backward" in done.stdout and "--format" in done.stdout
     show = run_cli("show", "--help")
