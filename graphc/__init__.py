@@ -14,6 +14,7 @@ from graphc.autodiff import grad
 from graphc.checkpoint import CheckpointError
 from graphc.compiler import compile
 from graphc.errors import FeedError, GraphError, NonFiniteError
+from graphc.html_view import to_html
 from graphc.inspect import format_graph, to_dot, to_networkx
 from graphc.interpret import evaluate
 from graphc.ir import Graph, Value
@@ -39,6 +40,6 @@ __all__ = [
     "log_softmax", "logsumexp", "matmul", "max", "maximum", "mean", "min", "minimum", "mse",
     "mul", "neg", "nn", "one_hot", "optim", "pow", "relu", "reshape", "rsqrt", "sigmoid",
     "sign", "softmax", "softmax_cross_entropy", "sqrt", "square", "squeeze", "stack",
-    "stop_gradient", "sub", "sum", "swapaxes", "take", "tanh", "to_dot", "to_networkx",
+    "stop_gradient", "sub", "sum", "swapaxes", "take", "tanh", "to_dot", "to_html", "to_networkx",
     "transpose", "where", "zeros_like",
 ]

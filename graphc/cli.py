@@ -1,7 +1,7 @@
 """The `graphc` command: a demo, graph listings of your own scripts, and the benchmarks.
 
     graphc demo [--epochs N]                  train the digits MLP (examples/mlp_digits.py)
-    graphc show model.py[:VAR] [--backward] [--format text|dot|svg] [-o FILE]
+    graphc show model.py[:VAR] [--backward] [--format text|dot|svg|html] [-o FILE]
     graphc profile model.py[:VAR] [--steps N] [--batch B] [--json FILE]
     graphc bench [ARGS...]                    run benchmarks/run.py of a source checkout
     graphc cache [info|clear|prune [--max-mb N]]  the kernel cache: show, empty, shrink
@@ -29,7 +29,8 @@ EPILOG = """subcommands:
           picks the variable `loss`, else the last graphc Value or Graph the script
           defines at module level; `model.py:logits` picks another. --backward shows
           the backward graph of gc.grad(VAR, graph.params); --format dot prints Graphviz
-          DOT, --format svg renders it with the `dot` binary (Graphviz)
+          DOT, --format svg renders it with the `dot` binary (Graphviz), --format html
+          writes one self-contained interactive page (-o FILE, default graph.html)
   profile time every kernel call of the script's compiled training step (`step`,
           else its loss compiled with SGD) and print a table: share, us/call, GFLOP/s
           and GB/s against this machine's measured peaks
@@ -180,6 +181,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         scope = {"grad": gc.grad, "loss": obj, "params": params}
         exec(compile("grads = grad(loss, params)", "<graphc show --backward>", "exec"), scope)
         target = scope["grads"]
+    if args.format == "html":
+        written = gc.to_html(target, args.output or "graph.html")
+        print(f"wrote html of {name}{' (backward)' if args.backward else ''} to {written}")
+        return 0
     if args.format == "text":
         text = gc.format_graph(target)
     else:
@@ -322,8 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("target", metavar="FILE.py[:VAR]")
     show.add_argument("--backward", action="store_true",
                       help="show the backward graph: gc.grad(VAR, graph.params)")
-    show.add_argument("--format", choices=("text", "dot", "svg"), default="text",
-                      help="text listing (default), Graphviz DOT, or SVG (needs `dot`)")
+    show.add_argument("--format", choices=("text", "dot", "svg", "html"), default="text",
+                      help="text listing (default), Graphviz DOT, SVG (needs `dot`), or an "
+                      "interactive HTML page (written to -o, default graph.html)")
     show.add_argument("-o", "--output", metavar="FILE", help="write to FILE, not stdout")
     show.add_argument("script_args", nargs="*", metavar="ARG",
                       help="arguments for the script (after --)")
