@@ -3,7 +3,8 @@
 Prints the symbolic backward graph (every gradient node with the forward node and rule that
 produced it), queries it with networkx, writes it as GraphML (`networkx.write_graphml`) and
 Graphviz DOT (`gc.to_dot`), renders an SVG when the `dot` binary is installed, compiles the
-training step and shows the generated source of one fused kernel. Ends with a line
+training step and shows the generated source of one fused kernel, the step's summaries,
+`step.explain()`, `step.profile(...)` and an HTML page (`gc.to_html`). Ends with a line
 `wrote <files> to <directory>`.
 
     python examples/inspect_backward.py [--out inspect_backward_out]
@@ -19,6 +20,7 @@ from collections import Counter
 from typing import Any
 
 import networkx as nx
+import numpy as np
 
 import graphc as gc
 
@@ -104,6 +106,22 @@ def main(argv: list[str] | None = None) -> list[str]:
           f"({kernel.group.kind} group) from {', '.join(kernel.lines)}")
     print(f"its generated source ({kernel.path}):\n")
     print(kernel.source)
+
+    print("\nthe compiled step's backward graph, summarised (step.backward.full() lists all):")
+    print("\n".join(str(step.backward).splitlines()[:6]))
+    print("\nits kernels (step.kernels[i].source is the code):")
+    print("\n".join(repr(step.kernels).splitlines()[:6]))
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.normal(size=(64, 4)).astype(np.float32),
+             "y": rng.integers(0, 3, size=64)}
+    explanation = step.explain(feeds)
+    print("\nwhat the compiler decided (step.explain()), first lines:")
+    print("\n".join(str(explanation).splitlines()[:9]))
+    profile = step.profile(feeds, steps=20)
+    print("\nthe three slowest kernel calls (step.profile(feeds)):")
+    print("\n".join(str(profile).splitlines()[:5]))
+    page = gc.to_html(step, os.path.join(args.out, "step.html"), profile=profile)
+    written.append(page)
 
     print(f"wrote {' '.join(os.path.basename(p) for p in written)} to {args.out}")
     return written

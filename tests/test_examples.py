@@ -62,6 +62,8 @@ def test_inspect_backward(tmp_path) -> None:
     roles = {attrs["role"] for _, attrs in graph.nodes(data=True)}
     assert {"input", "param", "forward", "backward"} <= roles
     assert (out / "backward.dot").read_text().startswith('digraph "small"')
+    assert "forward values kept for the backward graph" in text and "GFLOP/s" in text
+    assert "graphcView" in (out / "step.html").read_text()
     if "backward.svg" in lines[-1]:
         assert (out / "backward.svg").read_text().lstrip().startswith("<")
     else:
