@@ -14,7 +14,7 @@ from graphc.ir import Graph, Node
 from graphc.ops import OPS
 from graphc.passes.fusion import BROADCASTS, Group
 
-MATH = ("exp", "log", "tanh", "sigmoid", "sqrt", "erf", "pow")
+MATH = ("exp", "expm1", "log", "log1p", "sin", "cos", "tanh", "sigmoid", "sqrt", "erf", "pow")
 CTOR = {"float32": "np.float32", "float64": "np.float64", "int8": "np.int8",
         "int16": "np.int16", "int32": "np.int32", "int64": "np.int64", "uint8": "np.uint8",
         "uint16": "np.uint16", "uint32": "np.uint32", "uint64": "np.uint64",
