@@ -18,6 +18,7 @@ from graphc.backends.cpu.loops import FASTMATH, flat_index, nest, operand_index,
 from graphc.codegen.cache import CacheStats, write_module
 from graphc.codegen.common import (
     Kernel,
+    check_reduction,
     kernel_library_version,
     literal,
     module_digest,
@@ -308,6 +309,7 @@ class StepWriter:
         self.parallel = True
         for nid in region.partials:
             how = self.shards.combine[nid]
+            check_reduction(how, "CPU")
             call = "sum_partials(" if how == "sum" else "extreme_partials("
             last = "" if how == "sum" else f", {how == 'max'}"
             self.body.append(f"{call}{self.arg('partial', nid)}, nshards, "
