@@ -117,6 +117,22 @@ ELEMENTWISE = OpGroup(
         "equal": lambda v: gc.equal(v.x, gc.where(v.x > 0, v.x, v.p)),
         "equal_int": lambda v: gc.equal(gc.cast(v.p, "int32"), 1),
         "stop_gradient": lambda v: gc.stop_gradient(v.x) * v.x,
+        "sin": lambda v: gc.sin(v.x * 2.0),
+        "cos": lambda v: gc.cos(v.x * 2.0),
+        "log1p": lambda v: gc.log1p(v.x * 0.4),
+        "expm1": lambda v: gc.expm1(v.x),
+        "softplus": lambda v: gc.softplus(v.x * 4.0),
+        "silu": lambda v: gc.silu(v.x * 2.0),
+        "elu": lambda v: gc.elu(v.x, 0.7),
+        "clip": lambda v: gc.clip(v.x, -1.0, 1.0),
+        "clip_value_bounds": lambda v: gc.clip(v.x, v.p - 2.0, v.p - 1.0),
+        "clip_no_upper_bound": lambda v: gc.clip(v.x, 0.5, None),
+        "greater_equal": lambda v: v.x >= v.p - 1.0,
+        "less_equal": lambda v: gc.less_equal(v.x, 0.5),
+        "not_equal": lambda v: v.x != gc.where(v.x > 0, v.x, v.p),
+        "maximum_ties": lambda v: gc.maximum(v.x, gc.where(v.x > 0, v.x, v.p)),
+        "minimum_ties": lambda v: gc.minimum(v.x, gc.where(v.x > 0, v.x, v.p)),
+        "pow_zero_base": lambda v: gc.relu(v.x) ** (v.p + 0.5),
     },
 )
 
@@ -223,6 +239,14 @@ NN = OpGroup(
         "gelu_tanh": lambda v: gc.gelu(v.x, approximate="tanh"),
         "one_hot_cross_entropy": lambda v: -gc.sum(gc.one_hot(v.labels, 4, dtype=v.x.dtype)
                                                    * gc.log_softmax(v.x)),
+        "softmax_cross_entropy_smoothing_ignore": lambda v: gc.softmax_cross_entropy(
+            v.x, v.labels, label_smoothing=0.1, ignore_index=3),
+        "softmax_cross_entropy_mean": lambda v: gc.softmax_cross_entropy(
+            v.x, v.labels, ignore_index=2, reduction="mean"),
+        "binary_cross_entropy_with_logits": lambda v: gc.binary_cross_entropy_with_logits(
+            v.x, v.p / 2.5),
+        "binary_cross_entropy_with_logits_mean": lambda v: gc.binary_cross_entropy_with_logits(
+            v.y, 0.25, reduction="mean"),
     },
 )
 
@@ -385,7 +409,8 @@ COVERED_PRIMITIVES = {
     "where", "cast", "greater", "less", "equal", "stop_gradient", "matmul", "sum", "max",
     "min", "dim_size", "reshape", "reshape_like", "transpose", "broadcast_to",
     "broadcast_like", "concat", "squeeze", "expand_dims", "slice", "slice_grad", "take",
-    "take_grad",
+    "take_grad", "sin", "cos", "log1p", "expm1", "softplus", "elu", "clip", "greater_equal",
+    "less_equal", "not_equal",
 }
 
 
