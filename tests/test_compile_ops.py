@@ -439,3 +439,27 @@ def test_fused_kernel_with_more_operands_than_a_plain_call_takes() -> None:
     feeds = {x.name: rng.standard_normal((2, 3)) for x in xs}
     (got,) = compiled(**feeds)
     np.testing.assert_allclose(got, gc.evaluate(total, feeds), **TOL["float64"])
+
+
+def test_a_reduction_the_code_generators_do_not_know_is_refused() -> None:
+    """A "reduce" op other than sum/max/min is an error at compile time (CPU) and in the
+    CUDA code generator, never silently computed as some other reduction."""
+    from graphc.backends.cuda import codegen as cuda_codegen
+    from graphc.ops import OPS, defop, make
+    from graphc.ops.reduce import _extreme_infer
+
+    defop("prod_for_test", "reduce", _extreme_infer,
+          lambda x, axes, keepdims: np.prod(x, axis=axes, keepdims=keepdims))
+    try:
+        g = gc.Graph("unknown_reduction", dtype="float64")
+        x = g.input("x", (3, 4))
+        out = make("prod_for_test", [x], axes=(1,), keepdims=False)
+        np.testing.assert_allclose(gc.evaluate(out, {"x": np.full((3, 4), 2.0)}), [16.0] * 3)
+        with pytest.raises(gc.GraphError, match="no CPU code for the reduction 'prod_for_test'"):
+            gc.compile([out])
+        with pytest.raises(gc.GraphError, match="no CUDA code for the reduction"):
+            cuda_codegen._combine("prod_for_test")
+        with pytest.raises(gc.GraphError, match="no CUDA code for the reduction"):
+            cuda_codegen._identity("prod_for_test", "float64")
+    finally:
+        OPS.pop("prod_for_test", None)
