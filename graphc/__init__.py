@@ -27,6 +27,10 @@ from graphc.ops import (
     softmax_cross_entropy, sqrt, square, squeeze, stack, stop_gradient, sub, sum, swapaxes,
     take, tanh, transpose, where, zeros_like,
 )
+from graphc.ops import (
+    binary_cross_entropy_with_logits, clip, cos, elu, expm1, greater_equal, less_equal, log1p,
+    not_equal, silu, sin, softplus,
+)
 from graphc.train import Callback, Checkpoint, EarlyStopping, History, fit
 
 __version__ = "0.1.0"
@@ -42,4 +46,6 @@ __all__ = [
     "sign", "softmax", "softmax_cross_entropy", "sqrt", "square", "squeeze", "stack",
     "stop_gradient", "sub", "sum", "swapaxes", "take", "tanh", "to_dot", "to_html", "to_networkx",
     "transpose", "where", "zeros_like",
+    "binary_cross_entropy_with_logits", "clip", "cos", "elu", "expm1", "greater_equal",
+    "less_equal", "log1p", "not_equal", "silu", "sin", "softplus",
 ]

@@ -36,8 +36,10 @@ def unbroadcast(g: Value, shape: tuple, ref: Value) -> Value:
 def _depends_on(graph: Graph, relevant: set[int], wrt: set[int]) -> set[int]:
     """Nodes in `relevant` with a path from some node of `wrt` (through gradient routes).
 
-    Nodes without a gradient rule (stop_gradient, comparisons, dim_size, ...) end every
-    route: gradients sent to them would be dropped, so they are never live unless asked for.
+    Routes end at nodes whose output has no gradient by nature: integer and bool results
+    (comparisons, casts to int), stop_gradient and shape queries (dim_size). A node of a
+    float result with no gradient rule (a custom_op declared without vjp) is kept on the
+    route, so that `grad` can report it instead of silently dropping its gradient.
     """
     live: set[int] = set()
     for nid in sorted(relevant):
@@ -45,14 +47,29 @@ def _depends_on(graph: Graph, relevant: set[int], wrt: set[int]) -> set[int]:
             live.add(nid)
             continue
         custom = graph.custom_gradients.get(nid)
-        if custom is None:
-            op = OPS.get(graph.nodes[nid].op)
-            if op is None or op.vjp is None:
-                continue
         inputs = custom.inputs if custom is not None else graph.nodes[nid].inputs
-        if any(i in live for i in inputs):
-            live.add(nid)
+        if not any(i in live for i in inputs):
+            continue
+        if custom is None and _rule(graph, nid) is None and not _lacks_rule(graph, nid, live):
+            continue
+        live.add(nid)
     return live
+
+
+def _rule(graph: Graph, nid: int) -> Any:
+    op = OPS.get(graph.nodes[nid].op)
+    return None if op is None else op.vjp
+
+
+def _lacks_rule(graph: Graph, nid: int, live: set[int]) -> bool:
+    """Whether node `nid` should pass a gradient on but has no rule to do it with: a float
+    result computed from a float value `y` depends on (integer and bool results, shape
+    queries and stop_gradient legitimately pass nothing)."""
+    node = graph.nodes[nid]
+    op = OPS.get(node.op)
+    if op is None or op.kind == "shape" or node.op == "stop_gradient" or not is_float(node.dtype):
+        return False
+    return any(i in live and is_float(graph.nodes[i].dtype) for i in node.inputs)
 
 
 def grad(y: Value, xs: Any) -> Any:
@@ -108,6 +125,12 @@ def grad(y: Value, xs: Any) -> Any:
         else:
             op = OPS.get(node.op)
             if op is None or op.vjp is None or not node.inputs:
+                if _lacks_rule(graph, nid, relevant):
+                    raise GraphError(
+                        f"grad: {node.op} ({node.label}, built at {node.where}) has no "
+                        f"gradient rule, and the value differentiated depends on its operands "
+                        f"through it; declare one (custom_op(..., vjp=...)) or cut the path on "
+                        f"purpose with gc.stop_gradient\n  at {user_location()}")
                 continue
             input_ids, rule, rule_name, attrs = node.inputs, op.vjp, f"{node.op} vjp", node.attrs
         needs = tuple(i in relevant and is_float(graph.nodes[i].dtype) for i in input_ids)

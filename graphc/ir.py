@@ -421,6 +421,20 @@ class Value:
         from graphc import ops
         return ops.less(self, other)
 
+    def __ge__(self, other: Any) -> Value:
+        from graphc import ops
+        return ops.greater_equal(self, other)
+
+    def __le__(self, other: Any) -> Value:
+        from graphc import ops
+        return ops.less_equal(self, other)
+
+    # `==` stays identity (Values are dict keys and `in` operands); gc.equal compares
+    # elementwise. `!=` never takes part in hashing or containment, so it is elementwise.
+    def __ne__(self, other: Any) -> Value:  # type: ignore[override]
+        from graphc import ops
+        return ops.not_equal(self, other)
+
     @property
     def T(self) -> Value:  # noqa: N802 - numpy's name
         from graphc import ops

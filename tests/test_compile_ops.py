@@ -117,6 +117,22 @@ ELEMENTWISE = OpGroup(
         "equal": lambda v: gc.equal(v.x, gc.where(v.x > 0, v.x, v.p)),
         "equal_int": lambda v: gc.equal(gc.cast(v.p, "int32"), 1),
         "stop_gradient": lambda v: gc.stop_gradient(v.x) * v.x,
+        "sin": lambda v: gc.sin(v.x * 2.0),
+        "cos": lambda v: gc.cos(v.x * 2.0),
+        "log1p": lambda v: gc.log1p(v.x * 0.4),
+        "expm1": lambda v: gc.expm1(v.x),
+        "softplus": lambda v: gc.softplus(v.x * 4.0),
+        "silu": lambda v: gc.silu(v.x * 2.0),
+        "elu": lambda v: gc.elu(v.x, 0.7),
+        "clip": lambda v: gc.clip(v.x, -1.0, 1.0),
+        "clip_value_bounds": lambda v: gc.clip(v.x, v.p - 2.0, v.p - 1.0),
+        "clip_no_upper_bound": lambda v: gc.clip(v.x, 0.5, None),
+        "greater_equal": lambda v: v.x >= v.p - 1.0,
+        "less_equal": lambda v: gc.less_equal(v.x, 0.5),
+        "not_equal": lambda v: v.x != gc.where(v.x > 0, v.x, v.p),
+        "maximum_ties": lambda v: gc.maximum(v.x, gc.where(v.x > 0, v.x, v.p)),
+        "minimum_ties": lambda v: gc.minimum(v.x, gc.where(v.x > 0, v.x, v.p)),
+        "pow_zero_base": lambda v: gc.relu(v.x) ** (v.p + 0.5),
     },
 )
 
@@ -223,6 +239,14 @@ NN = OpGroup(
         "gelu_tanh": lambda v: gc.gelu(v.x, approximate="tanh"),
         "one_hot_cross_entropy": lambda v: -gc.sum(gc.one_hot(v.labels, 4, dtype=v.x.dtype)
                                                    * gc.log_softmax(v.x)),
+        "softmax_cross_entropy_smoothing_ignore": lambda v: gc.softmax_cross_entropy(
+            v.x, v.labels, label_smoothing=0.1, ignore_index=3),
+        "softmax_cross_entropy_mean": lambda v: gc.softmax_cross_entropy(
+            v.x, v.labels, ignore_index=2, reduction="mean"),
+        "binary_cross_entropy_with_logits": lambda v: gc.binary_cross_entropy_with_logits(
+            v.x, v.p / 2.5),
+        "binary_cross_entropy_with_logits_mean": lambda v: gc.binary_cross_entropy_with_logits(
+            v.y, 0.25, reduction="mean"),
     },
 )
 
@@ -385,7 +409,8 @@ COVERED_PRIMITIVES = {
     "where", "cast", "greater", "less", "equal", "stop_gradient", "matmul", "sum", "max",
     "min", "dim_size", "reshape", "reshape_like", "transpose", "broadcast_to",
     "broadcast_like", "concat", "squeeze", "expand_dims", "slice", "slice_grad", "take",
-    "take_grad",
+    "take_grad", "sin", "cos", "log1p", "expm1", "softplus", "elu", "clip", "greater_equal",
+    "less_equal", "not_equal",
 }
 
 
@@ -414,3 +439,27 @@ def test_fused_kernel_with_more_operands_than_a_plain_call_takes() -> None:
     feeds = {x.name: rng.standard_normal((2, 3)) for x in xs}
     (got,) = compiled(**feeds)
     np.testing.assert_allclose(got, gc.evaluate(total, feeds), **TOL["float64"])
+
+
+def test_a_reduction_the_code_generators_do_not_know_is_refused() -> None:
+    """A "reduce" op other than sum/max/min is an error at compile time (CPU) and in the
+    CUDA code generator, never silently computed as some other reduction."""
+    from graphc.backends.cuda import codegen as cuda_codegen
+    from graphc.ops import OPS, defop, make
+    from graphc.ops.reduce import _extreme_infer
+
+    defop("prod_for_test", "reduce", _extreme_infer,
+          lambda x, axes, keepdims: np.prod(x, axis=axes, keepdims=keepdims))
+    try:
+        g = gc.Graph("unknown_reduction", dtype="float64")
+        x = g.input("x", (3, 4))
+        out = make("prod_for_test", [x], axes=(1,), keepdims=False)
+        np.testing.assert_allclose(gc.evaluate(out, {"x": np.full((3, 4), 2.0)}), [16.0] * 3)
+        with pytest.raises(gc.GraphError, match="no CPU code for the reduction 'prod_for_test'"):
+            gc.compile([out])
+        with pytest.raises(gc.GraphError, match="no CUDA code for the reduction"):
+            cuda_codegen._combine("prod_for_test")
+        with pytest.raises(gc.GraphError, match="no CUDA code for the reduction"):
+            cuda_codegen._identity("prod_for_test", "float64")
+    finally:
+        OPS.pop("prod_for_test", None)

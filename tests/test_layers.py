@@ -706,8 +706,8 @@ def test_custom_op_example() -> None:
     finally:
         sys.path.remove(os.path.join(ROOT, "examples"))
         sys.modules.pop("custom_op", None)
-        OPS.pop("softplus", None)
-        _CUSTOM.discard("softplus")
+        OPS.pop("user_softplus", None)
+        _CUSTOM.discard("user_softplus")
 
 
 def test_cnn_digits_example_reaches_its_accuracy() -> None:

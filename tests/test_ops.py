@@ -107,6 +107,43 @@ def const_int(array: list, dtype: str = "int64"):
     return lambda rng: np.array(array, dtype=dtype)
 
 
+def avoiding(*shape: int, points: tuple = (0.0,), scale: float = 1.0, gap: float = 0.05):
+    """Normal values at least `gap` from every one of `points` (kinks, clip bounds)."""
+    def make(rng: np.random.Generator) -> np.ndarray:
+        x = rng.standard_normal(shape) * scale
+        while min(np.min(np.abs(x - p)) for p in points) <= gap:
+            x = rng.standard_normal(shape) * scale
+        return x
+    return make
+
+
+def clip_bounds(shape: tuple, inverted: bool = False) -> Data:
+    """x, a_min, a_max with a_min < a_max (or a_min > a_max when `inverted`), x at least
+    0.05 from both bounds."""
+    def make(rng: np.random.Generator) -> list[np.ndarray]:
+        while True:
+            lo = rng.standard_normal(shape) - 0.5
+            hi = lo + rng.uniform(0.5, 2.0, shape) * (-1.0 if inverted else 1.0)
+            x = rng.standard_normal(shape) * 2.0
+            if np.min(np.abs(x - lo)) > 0.05 and np.min(np.abs(x - hi)) > 0.05:
+                return [x, lo, hi]
+    return make
+
+
+def labels_with_ignored(*shape: int, classes: int, ignored: int = -100):
+    """Integer labels in [0, classes), about a third replaced by `ignored` (at least one)."""
+    def make(rng: np.random.Generator) -> np.ndarray:
+        y = rng.integers(0, classes, shape)
+        drop = rng.random(shape) < 0.33
+        drop.flat[0] = True
+        return np.where(drop, ignored, y)
+    return make
+
+
+def unit(*shape: int):
+    return lambda rng: rng.uniform(0.0, 1.0, shape)
+
+
 def args(*makers: Callable[[np.random.Generator], np.ndarray]) -> Data:
     return lambda rng: [m(rng) for m in makers]
 
@@ -165,6 +202,22 @@ def np_cross_entropy(logits, y):
     return -np.take_along_axis(logp, y[..., None].astype(np.int64), axis=-1)[..., 0]
 
 
+def np_smoothed_cross_entropy(logits, y, smoothing, ignored=None):
+    """PyTorch's cross_entropy(reduction='none') with label smoothing and ignore_index."""
+    logp = np_log_softmax(logits, -1)
+    keep = np.ones(y.shape, bool) if ignored is None else y != ignored
+    picked = np.take_along_axis(logp, np.where(keep, y, 0)[..., None].astype(np.int64),
+                                axis=-1)[..., 0]
+    loss = -(1.0 - smoothing) * picked - smoothing * np.mean(logp, axis=-1)
+    return np.where(keep, loss, 0.0)
+
+
+def np_bce_with_logits(x, t):
+    """-(t log p + (1 - t) log(1 - p)) for p = sigmoid(x), with -log p = log1p(exp(-x)) and
+    -log(1 - p) = log1p(exp(x)) (no cancellation in 1 - p)."""
+    return t * np.log1p(np.exp(-x)) + (1.0 - t) * np.log1p(np.exp(x))
+
+
 def np_take_along(x, idx, axis):
     moved = np.moveaxis(x, axis, 0)
     out = np.stack([moved[i] for i in idx.reshape(-1)]).reshape(idx.shape + moved.shape[1:])
@@ -217,6 +270,15 @@ case("rsqrt", gc.rsqrt, lambda a: 1.0 / np.sqrt(a), args(positive(3, 4, lo=0.1, 
 case("tanh", gc.tanh, lambda a: np.sinh(a) / np.cosh(a), args(normal(3, 4, scale=2.0)))
 case("sigmoid", gc.sigmoid, np_sigmoid, args(normal(3, 4, scale=3.0)))
 case("erf", gc.erf, scipy.special.erf, args(normal(3, 4)))
+case("sin", gc.sin, lambda a: np.imag(np.exp(1j * a)), args(normal(3, 4, scale=2.0)))
+case("cos", gc.cos, lambda a: np.real(np.exp(1j * a)), args(normal(3, 4, scale=2.0)))
+case("log1p", gc.log1p, lambda a: np.log(1.0 + a), args(positive(3, 4, lo=-0.5, hi=3.0)))
+case("expm1", gc.expm1, lambda a: np.exp(a) - 1.0, args(normal(3, 4)))
+case("softplus", gc.softplus, lambda a: np.log(1.0 + np.exp(a)), args(normal(3, 4, scale=3.0)))
+case("silu", gc.silu, lambda a: a / (1.0 + np.exp(-a)), args(normal(3, 4, scale=2.0)))
+case("elu", gc.elu, lambda a: np.where(a > 0, a, np.exp(a) - 1.0), args(away_from_zero(3, 4)))
+case("elu_alpha", lambda a: gc.elu(a, alpha=0.5),
+     lambda a: np.where(a > 0, a, 0.5 * (np.exp(a) - 1.0)), args(away_from_zero(3, 4)))
 case("square", gc.square, lambda a: a * a, args(normal(3, 4)))
 case("abs", gc.abs, lambda a: np.where(a < 0, -a, a), args(away_from_zero(3, 4)))
 case("abs_operator", lambda a: abs(a), np.fabs, args(away_from_zero(3, 4)))
@@ -241,6 +303,22 @@ case("where_scalar_branch", lambda c, a: gc.where(c, a, 0.0), lambda c, a: c * a
      args(booleans(3, 4), normal(3, 4)))
 case("where_from_compare", lambda a, b: gc.where(gc.greater(a, b), a * 2.0, b),
      lambda a, b: np.where(a > b, 2 * a, b), apart((3, 4), (3, 4)))
+case("clip", lambda a: gc.clip(a, -0.5, 0.5), lambda a: np.minimum(np.maximum(a, -0.5), 0.5),
+     args(avoiding(3, 4, points=(-0.5, 0.5))))
+case("clip_value_bounds", gc.clip,
+     lambda a, lo, hi: np.where(a < lo, lo, np.where(a > hi, hi, a)), clip_bounds((3, 4)))
+case("clip_broadcast_bounds", gc.clip,
+     lambda a, lo, hi: np.where(a < lo, lo, np.where(a > hi, hi, a)),
+     lambda rng: [avoiding(3, 4, points=(-0.7, 0.4))(rng), np.full((3, 1), -0.7),
+                  np.full((4,), 0.4)])
+case("clip_inverted_bounds", gc.clip, lambda a, lo, hi: hi + 0.0 * a,
+     clip_bounds((3, 4), inverted=True))
+case("clip_no_lower_bound", lambda a: gc.clip(a, None, 0.5), lambda a: np.where(a > 0.5, 0.5, a),
+     args(avoiding(3, 4, points=(0.5,))))
+case("clip_no_upper_bound", lambda a: gc.clip(a, -0.5, None),
+     lambda a: np.where(a < -0.5, -0.5, a), args(avoiding(3, 4, points=(-0.5,))))
+case("clip_int", lambda y: gc.clip(y, 1, 3), lambda y: np.where(y < 1, 1, np.where(y > 3, 3, y)),
+     args(labels(3, 4, classes=6)))
 # casts: float <-> float keeps a gradient, float -> int truncates and has none
 case("cast_roundtrip",
      lambda a: gc.cast(gc.cast(a, "float64" if a.dtype == "float32" else "float32"), a.dtype),
@@ -262,6 +340,15 @@ case("less", gc.less, lambda a, b: a < b, apart((3, 1), (1, 4)))
 case("less_operator_scalar", lambda a: a < 0.5, lambda a: a < 0.5,
      args(lambda rng: rng.choice([-1.0, 2.0], (3, 4))))
 case("equal", gc.equal, lambda a, b: a == b, with_ties((3, 4)), grad="zero")
+case("not_equal", gc.not_equal, lambda a, b: ~(a == b), with_ties((3, 4)), grad="zero")
+case("not_equal_operator", lambda a, b: a != b, lambda a, b: (a < b) | (a > b),
+     with_ties((3, 4)), grad="zero")
+case("greater_equal", gc.greater_equal, lambda a, b: ~(a < b), with_ties((3, 4)), grad="zero")
+case("greater_equal_operator", lambda a, b: a >= b, lambda a, b: (a > b) | (a == b),
+     with_ties((3, 4)), grad="zero")
+case("less_equal", gc.less_equal, lambda a, b: ~(a > b), with_ties((3, 4)), grad="zero")
+case("less_equal_operator_rscalar", lambda a: 0.5 <= a, lambda a: ~(a < 0.5),
+     args(lambda rng: rng.choice([-1.0, 0.5, 2.0], (3, 4))), grad="zero")
 case("stop_gradient", gc.stop_gradient, lambda a: a.copy(), args(normal(3, 4)), grad="zero")
 case("stop_gradient_in_expression", lambda a: a * gc.stop_gradient(a),
      lambda a: a * a, args(normal(3, 4)), grad="closed_form")
@@ -390,6 +477,36 @@ case("softmax_cross_entropy", gc.softmax_cross_entropy, np_cross_entropy,
      args(normal(5, 4, scale=2.0), labels(5, classes=4)))
 case("softmax_cross_entropy_3d_int32", gc.softmax_cross_entropy, np_cross_entropy,
      args(normal(2, 3, 4, scale=2.0), labels(2, 3, classes=4, dtype="int32")))
+case("softmax_cross_entropy_smoothing",
+     lambda a, y: gc.softmax_cross_entropy(a, y, label_smoothing=0.1),
+     lambda a, y: np_smoothed_cross_entropy(a, y, 0.1),
+     args(normal(5, 4, scale=2.0), labels(5, classes=4)))
+case("softmax_cross_entropy_ignore_index",
+     lambda a, y: gc.softmax_cross_entropy(a, y, ignore_index=-100),
+     lambda a, y: np_smoothed_cross_entropy(a, y, 0.0, -100),
+     args(normal(6, 4, scale=2.0), labels_with_ignored(6, classes=4)))
+case("softmax_cross_entropy_smoothing_ignore_3d",
+     lambda a, y: gc.softmax_cross_entropy(a, y, label_smoothing=0.25, ignore_index=2),
+     lambda a, y: np_smoothed_cross_entropy(a, y, 0.25, 2),
+     args(normal(2, 3, 4, scale=2.0), labels(2, 3, classes=4, dtype="int32")))
+case("softmax_cross_entropy_mean_ignore",
+     lambda a, y: gc.softmax_cross_entropy(a, y, ignore_index=-100, reduction="mean"),
+     lambda a, y: np.asarray(np.sum(np_smoothed_cross_entropy(a, y, 0.0, -100))
+                             / np.count_nonzero(y != -100)),
+     args(normal(6, 4, scale=2.0), labels_with_ignored(6, classes=4)))
+case("softmax_cross_entropy_sum",
+     lambda a, y: gc.softmax_cross_entropy(a, y, label_smoothing=0.1, reduction="sum"),
+     lambda a, y: np.asarray(np.sum(np_smoothed_cross_entropy(a, y, 0.1))),
+     args(normal(5, 4, scale=2.0), labels(5, classes=4)))
+case("binary_cross_entropy_with_logits", gc.binary_cross_entropy_with_logits,
+     np_bce_with_logits, args(normal(4, 3, scale=3.0), unit(4, 3)))
+case("binary_cross_entropy_with_logits_mean",
+     lambda a, t: gc.binary_cross_entropy_with_logits(a, t, reduction="mean"),
+     lambda a, t: np.asarray(np.sum(np_bce_with_logits(a, t)) / a.size),
+     args(normal(4, 3, scale=3.0), unit(3)))
+case("binary_cross_entropy_with_logits_scalar_target",
+     lambda a: gc.binary_cross_entropy_with_logits(a, 1.0, reduction="sum"),
+     lambda a: np.asarray(np.sum(np_bce_with_logits(a, 1.0))), args(normal(4, 3, scale=3.0)))
 case("mse", gc.mse, lambda p, t: np.asarray(np.sum((p - t) ** 2) / p.size),
      args(normal(4, 3), normal(4, 3)))
 case("mse_broadcast_target", gc.mse, lambda p, t: np.asarray(np.sum((p - t) ** 2) / p.size),
@@ -503,7 +620,9 @@ def test_every_op_is_in_the_table() -> None:
            "gelu_tanh abs square maximum minimum where cast_roundtrip cast_to_int greater less "
            "equal sum mean max min matmul matmul_batch_broadcast reshape transpose broadcast_to "
            "concat stack squeeze expand_dims take_repeated one_hot softmax log_softmax "
-           "logsumexp softmax_cross_entropy mse erf sign stop_gradient").split()
+           "logsumexp softmax_cross_entropy mse erf sign stop_gradient sin cos log1p expm1 "
+           "softplus silu elu clip greater_equal less_equal not_equal "
+           "binary_cross_entropy_with_logits").split()
     prefixes = {c.id.split("-")[0] for c in CASES} | {c.id for c in CASES}
     missing = [op for op in ops if op not in prefixes]
     assert not missing, missing
@@ -524,13 +643,186 @@ def test_extreme_tie_shares_gradient() -> None:
     np.testing.assert_array_equal(gmin, [[1, 0, 0], [0.5, 0.5, 0]])
 
 
-def test_maximum_tie_goes_to_first_operand() -> None:
+def test_maximum_minimum_ties_split_the_gradient() -> None:
+    """On ties each operand of maximum/minimum gets half the gradient (PyTorch and JAX)."""
     g = gc.Graph(dtype="float64")
     a, b = g.input("a", (3,)), g.input("b", (3,))
-    ga, gb = gc.evaluate(gc.grad(gc.sum(gc.maximum(a, b) + gc.minimum(a, b)), [a, b]),
-                         {"a": [1.0, 2.0, 3.0], "b": [1.0, 5.0, 0.0]})
-    np.testing.assert_array_equal(ga, [2.0, 1.0, 1.0])
-    np.testing.assert_array_equal(gb, [0.0, 1.0, 1.0])
+    feeds = {"a": [1.0, 2.0, 3.0], "b": [1.0, 5.0, 0.0]}
+    ga, gb = gc.evaluate(gc.grad(gc.sum(gc.maximum(a, b)), [a, b]), feeds)
+    np.testing.assert_array_equal(ga, [0.5, 0.0, 1.0])
+    np.testing.assert_array_equal(gb, [0.5, 1.0, 0.0])
+    ga, gb = gc.evaluate(gc.grad(gc.sum(gc.minimum(a, b)), [a, b]), feeds)
+    np.testing.assert_array_equal(ga, [0.5, 1.0, 0.0])
+    np.testing.assert_array_equal(gb, [0.5, 0.0, 1.0])
+
+
+def test_pow_gradient_at_zero_base_matches_pytorch() -> None:
+    """d(x**y)/dx = 0 where y = 0 (0 ** 0 included); d(x**y)/dy = 0 at x = 0 for y >= 0.
+    Expected values as torch.pow's backward gives them (written out by hand): elsewhere the
+    textbook y x**(y-1) and x**y log x, infinite where the derivative is (y < 1 at 0)."""
+    g = gc.Graph(dtype="float64")
+    x, y = g.input("x", (7,)), g.input("y", (7,))
+    gx, gy = gc.evaluate(gc.grad(gc.sum(x ** y), [x, y]),
+                         {"x": [0.0, 0.0, 0.0, 0.0, 2.0, 0.0, 3.0],
+                          "y": [2.0, 0.0, 1.0, 0.5, 0.0, -1.0, 2.0]})
+    np.testing.assert_array_equal(gx, [0.0, 0.0, 1.0, np.inf, 0.0, -np.inf, 6.0])
+    np.testing.assert_array_equal(gy[:5], [0.0, 0.0, 0.0, 0.0, np.log(2.0)])
+    assert gy[5] == -np.inf  # 0 ** -1 = inf times log 0 = -inf, as torch gives
+    np.testing.assert_allclose(gy[6], 9.0 * np.log(3.0), rtol=1e-15)
+    # second order at the masked points stays finite: d2(0 ** y)/dy2 = 0 for y > 0
+    xs, ys = g.input("xs", (2,)), g.input("ys", (2,))
+    first = gc.grad(gc.sum(xs ** ys), ys)
+    second = gc.grad(gc.sum(first), ys)
+    np.testing.assert_array_equal(gc.evaluate(second, {"xs": [0.0, 0.0], "ys": [2.0, 0.5]}),
+                                  [0.0, 0.0])
+
+
+def test_clip_gradient_at_the_bounds_is_one() -> None:
+    """torch.clamp's rule: the gradient passes where a_min <= x <= a_max, bounds included;
+    a bound gets it where x is beyond it (a_max also where a_max < a_min)."""
+    g = gc.Graph(dtype="float64")
+    x, lo, hi = g.input("x", (5,)), g.input("lo", (5,)), g.input("hi", (5,))
+    gx, glo, ghi = gc.evaluate(gc.grad(gc.sum(gc.clip(x, lo, hi)), [x, lo, hi]),
+                               {"x": [-1.0, -0.5, 0.0, 0.5, 1.0],
+                                "lo": [-0.5, -0.5, -0.5, -0.5, 2.0],
+                                "hi": [0.5, 0.5, 0.5, 0.5, 1.5]})
+    np.testing.assert_array_equal(gx, [0.0, 1.0, 1.0, 1.0, 0.0])
+    np.testing.assert_array_equal(glo, [1.0, 0.0, 0.0, 0.0, 0.0])
+    np.testing.assert_array_equal(ghi, [0.0, 0.0, 0.0, 0.0, 1.0])
+    (gc_only,) = gc.evaluate(gc.grad(gc.sum(gc.clip(x, -0.5, 0.5)), [x]),
+                             {"x": [-1.0, -0.5, 0.0, 0.5, 1.0]})
+    np.testing.assert_array_equal(gc_only, [0.0, 1.0, 1.0, 1.0, 0.0])
+
+
+def test_clip_follows_numpy_on_nan_and_missing_bounds() -> None:
+    g = gc.Graph(dtype="float64")
+    x = g.input("x", (4,))
+    data = np.array([np.nan, -3.0, 0.2, 3.0])
+    outs = gc.evaluate([gc.clip(x, -1.0, 1.0), gc.clip(x, None, 1.0), gc.clip(x, 2.0, 1.0)],
+                       {"x": data})
+    for got, want in zip(outs, [np.clip(data, -1.0, 1.0), np.clip(data, None, 1.0),
+                                np.clip(data, 2.0, 1.0)]):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(gc.GraphError, match="clip: give a_min or a_max"):
+        gc.clip(x, None, None)
+
+
+def test_kinks_of_elu_softplus_and_silu() -> None:
+    """At 0: elu's gradient is alpha (PyTorch and JAX), softplus's sigmoid(0) = 1/2,
+    silu's 1/2; elu is continuous there."""
+    g = gc.Graph(dtype="float64")
+    x = g.input("x", (1,))
+    feeds = {"x": [0.0]}
+    d_elu, d_elu2, d_soft, d_silu = gc.evaluate(
+        [gc.grad(gc.sum(gc.elu(x)), x), gc.grad(gc.sum(gc.elu(x, alpha=0.3)), x),
+         gc.grad(gc.sum(gc.softplus(x)), x), gc.grad(gc.sum(gc.silu(x)), x)], feeds)
+    np.testing.assert_array_equal(np.concatenate([d_elu, d_elu2, d_soft, d_silu]),
+                                  [1.0, 0.3, 0.5, 0.5])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_softplus_and_binary_cross_entropy_stable_for_huge_logits(dtype: str) -> None:
+    """No overflow at |x| = 1e4: softplus(x) = x for large x and exp(x) (underflowing to 0)
+    for very negative x; BCE's gradient sigmoid(x) - t stays exact."""
+    g = gc.Graph(dtype=dtype)
+    x, t = g.input("x", (4,)), g.input("t", (4,))
+    data = np.array([-1e4, -50.0, 50.0, 1e4], dtype=dtype)
+    targets = np.array([0.0, 1.0, 0.0, 1.0], dtype=dtype)
+    soft, bce = gc.evaluate([gc.softplus(x), gc.binary_cross_entropy_with_logits(x, t)],
+                            {"x": data, "t": targets}, check_finite=True)
+    eps = float(np.finfo(dtype).eps)
+    expected_soft = np.array([0.0, np.exp(-50.0), 50.0, 1e4])
+    np.testing.assert_allclose(soft, expected_soft, rtol=4 * eps, atol=0)
+    np.testing.assert_allclose(bce, [0.0, 50.0, 50.0, 0.0], rtol=4 * eps, atol=4 * eps)
+    if dtype == "float64":
+        grad = gc.grad(gc.sum(gc.binary_cross_entropy_with_logits(x, t)), x)
+        got = gc.evaluate(grad, {"x": data, "t": targets})
+        np.testing.assert_allclose(got, [0.0, -1.0, 1.0, 0.0], rtol=0, atol=2e-22)
+
+
+def test_cross_entropy_ignored_rows_have_zero_gradient() -> None:
+    """Ignored rows: loss 0 and no gradient; the others get softmax - smoothed target."""
+    g = gc.Graph(dtype="float64")
+    logits, y = g.input("logits", (3, 4)), g.input("y", (3,), dtype="int64")
+    rng = np.random.default_rng(1)
+    x, labels_in = rng.standard_normal((3, 4)), np.array([2, -100, 0])
+    loss = gc.softmax_cross_entropy(logits, y, label_smoothing=0.2, ignore_index=-100)
+    value, grad = gc.evaluate([loss, gc.grad(gc.sum(loss), logits)],
+                              {"logits": x, "y": labels_in})
+    assert value[1] == 0.0
+    np.testing.assert_array_equal(grad[1], np.zeros(4))
+    target = 0.8 * np_one_hot(np.array([2, 0]), 4) + 0.05
+    np.testing.assert_allclose(grad[[0, 2]], np_softmax(x[[0, 2]], -1) - target,
+                               rtol=1e-14, atol=1e-15)
+
+
+def test_cross_entropy_mean_over_no_rows_is_nan_like_pytorch() -> None:
+    g = gc.Graph(dtype="float64")
+    logits, y = g.input("logits", (2, 3)), g.input("y", (2,), dtype="int64")
+    mean_loss = gc.softmax_cross_entropy(logits, y, ignore_index=-1, reduction="mean")
+    with np.errstate(invalid="ignore"):
+        value = gc.evaluate(mean_loss, {"logits": np.zeros((2, 3)), "y": [-1, -1]})
+    assert np.isnan(value)
+
+
+def test_loss_arguments_are_checked() -> None:
+    g = gc.Graph(dtype="float64")
+    logits, y = g.input("logits", (2, 3)), g.input("y", (2,), dtype="int64")
+    with pytest.raises(gc.GraphError, match="label_smoothing must be in"):
+        gc.softmax_cross_entropy(logits, y, label_smoothing=1.5)
+    with pytest.raises(gc.GraphError, match="reduction must be one of"):
+        gc.softmax_cross_entropy(logits, y, reduction="avg")
+    with pytest.raises(gc.GraphError, match="ignore_index must be an int"):
+        gc.softmax_cross_entropy(logits, y, ignore_index=0.5)
+    with pytest.raises(gc.GraphError, match="logits must be a floating-point"):
+        gc.binary_cross_entropy_with_logits(y, 1)
+
+
+def test_value_equality_is_identity_and_values_stay_hashable() -> None:
+    """`==` between Values is Python identity (dict keys, `in`); gc.equal compares
+    elementwise. `!=`, `>=`, `<=` build comparison nodes."""
+    g = gc.Graph(dtype="float64")
+    a, b = g.input("a", (2,)), g.input("b", (2,))
+    assert (a == a) is True and (a == b) is False
+    assert b in [a, b] and {a: 1, b: 2}[b] == 2 and len({a, b, a}) == 2
+    for built, op in ((a != b, "not_equal"), (a >= b, "greater_equal"),
+                      (a <= b, "less_equal"), (1.0 >= a, "less_equal")):
+        assert isinstance(built, gc.Value) and built.op == op
+
+
+def test_sign_has_a_zero_gradient() -> None:
+    g = gc.Graph(dtype="float64")
+    x = g.input("x", (3,))
+    got = gc.evaluate(gc.grad(gc.sum(gc.sign(x) * x), x), {"x": [-2.0, 0.5, 3.0]})
+    np.testing.assert_array_equal(got, [-1.0, 1.0, 1.0])
+
+
+def test_op_without_gradient_rule_on_the_path_is_an_error() -> None:
+    """A custom op declared without vjp, between the differentiated value and y, raises
+    (naming the op and the line that built it) instead of giving a silent zero; used off
+    the path (or behind stop_gradient, or only through a comparison) it is fine."""
+    from graphc.ops import OPS
+    from graphc.ops.custom import _CUSTOM
+
+    square_no_grad = gc.custom_op("square_no_grad", ref=np.square, scalar="({0} * {0})")
+    try:
+        g = gc.Graph(dtype="float64")
+        x, w = g.input("x", (3,)), g.input("w", (3,))
+        y = gc.sum(square_no_grad(x) * w)
+        with pytest.raises(gc.GraphError, match=r"square_no_grad .*built at .*test_ops\.py.*"
+                                                r"no gradient rule"):
+            gc.grad(y, x)
+        np.testing.assert_array_equal(
+            gc.evaluate(gc.grad(y, w), {"x": [1.0, 2.0, 3.0], "w": np.zeros(3)}), [1, 4, 9])
+        stopped = gc.sum(gc.stop_gradient(square_no_grad(x)) * x)
+        np.testing.assert_array_equal(gc.evaluate(gc.grad(stopped, x), {"x": [1.0, 2.0, 3.0]}),
+                                      [1, 4, 9])
+        compared = gc.sum(gc.where(square_no_grad(x) > 2.0, x, 0.0))
+        np.testing.assert_array_equal(gc.evaluate(gc.grad(compared, x), {"x": [1.0, 2.0, 3.0]}),
+                                      [0, 1, 1])
+    finally:
+        OPS.pop("square_no_grad", None)
+        _CUSTOM.discard("square_no_grad")
 
 
 def test_relu_and_abs_gradient_at_zero_is_zero() -> None:

@@ -10,16 +10,28 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from graphc.errors import short_location
+from graphc.errors import GraphError, short_location
 from graphc.ir import Graph, Node
 from graphc.ops import OPS
 from graphc.passes.fusion import BROADCASTS, Group
 
-MATH = ("exp", "log", "tanh", "sigmoid", "sqrt", "erf", "pow")
+MATH = ("exp", "expm1", "log", "log1p", "sin", "cos", "tanh", "sigmoid", "sqrt", "erf", "pow")
 CTOR = {"float32": "np.float32", "float64": "np.float64", "int8": "np.int8",
         "int16": "np.int16", "int32": "np.int32", "int64": "np.int64", "uint8": "np.uint8",
         "uint16": "np.uint16", "uint32": "np.uint32", "uint64": "np.uint64",
         "bool": "np.bool_"}
+
+
+#: The reductions the code generators implement (a "reduce" op of another name is refused).
+REDUCTIONS = ("sum", "max", "min")
+
+
+def check_reduction(op: str, target: str) -> None:
+    """GraphError unless the code generators of `target` know the reduction `op`."""
+    if op not in REDUCTIONS:
+        raise GraphError(f"no {target} code for the reduction {op!r}: the code generators "
+                         f"implement {', '.join(REDUCTIONS)}; evaluate this graph with "
+                         f"gc.evaluate, or express {op!r} with those")
 
 
 def literal(value: np.ndarray, dtype: str) -> str:

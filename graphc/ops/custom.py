@@ -2,7 +2,7 @@
 op) from user code and returns the function that applies it.
 
     softplus = gc.custom_op(
-        "softplus",
+        "user_softplus",
         ref=lambda x: np.logaddexp(x, x.dtype.type(0)),          # numpy: the interpreter
         scalar="(max({0}, {T}(0)) + _log({T}(1) + _exp(-abs({0}))))",  # fused Numba body
         vjp=lambda g, out, x: g * gc.sigmoid(x),                  # graph ops: gc.grad works
@@ -11,7 +11,8 @@ op) from user code and returns the function that applies it.
 
 `scalar` is the elementwise body inlined into fused loops: `{0}`, `{1}`... are the operands
 (scalars of the operand dtype), `{T}` the output dtype's constructor (`np.float32`), and
-`_exp _log _tanh _sigmoid _sqrt _erf` the per-dtype math functions of kernels/cpu/scalar.py;
+`_exp _expm1 _log _log1p _sin _cos _tanh _sigmoid _sqrt _erf` the per-dtype math functions
+of kernels/cpu/scalar.py;
 attributes passed to the op appear as `{name}`. Without `scalar`, give `kernel=
 "module:function"`: a Numba function the compiled step calls as fn(*operands, out,
 *attrs named in `kernel_attrs`).

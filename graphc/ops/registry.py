@@ -38,8 +38,9 @@ class OpDef:
     vjp(g, out, inputs, needs, **attrs) -> gradients          built from public ops; None =
                                                               no gradient for that input
     scalar: source template of the elementwise body: {0}, {1}... are operands, {T} the output
-            dtype constructor (e.g. np.float32), {T0} the first operand's; `_exp`, `_log`,
-            `_tanh`, `_sqrt`, `_erf` name math functions the code generator binds per dtype;
+            dtype constructor (e.g. np.float32), {T0} the first operand's; `_exp`, `_expm1`,
+            `_log`, `_log1p`, `_sin`, `_cos`, `_tanh`, `_sigmoid`, `_sqrt`, `_erf` name math
+            functions the code generators bind per dtype (graphc/codegen/common.py MATH);
             {_flat} is the element's flat (row-major) index in the loop (counter-based RNGs).
     kernel: "module:function" of the hand-written kernel a "call" op runs (kernels/cpu),
             kernel_attrs the attrs passed after the output buffer.

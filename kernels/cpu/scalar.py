@@ -12,7 +12,7 @@ import math
 import numpy as np
 from numba import njit
 
-from kernels.cpu.fastmath import exp_f32, log_f32, sigmoid_f32, tanh_f32
+from kernels.cpu.fastmath import exp_f32, expm1_f32, log1p_f32, log_f32, sigmoid_f32, tanh_f32
 
 _inline = njit(inline="always", cache=False)
 
@@ -61,6 +61,36 @@ def erf_f64(x):  # type: ignore[no-untyped-def]
 
 
 @_inline
+def sin_f32(x):  # type: ignore[no-untyped-def]
+    return np.float32(math.sin(x))
+
+
+@_inline
+def sin_f64(x):  # type: ignore[no-untyped-def]
+    return math.sin(x)
+
+
+@_inline
+def cos_f32(x):  # type: ignore[no-untyped-def]
+    return np.float32(math.cos(x))
+
+
+@_inline
+def cos_f64(x):  # type: ignore[no-untyped-def]
+    return math.cos(x)
+
+
+@_inline
+def log1p_f64(x):  # type: ignore[no-untyped-def]
+    return math.log1p(x) if x > -1.0 else (-np.inf if x == -1.0 else np.nan)
+
+
+@_inline
+def expm1_f64(x):  # type: ignore[no-untyped-def]
+    return math.expm1(x)
+
+
+@_inline
 def pow_f32(x, y):  # type: ignore[no-untyped-def]
     return np.float32(np.float64(x) ** np.float64(y))
 
@@ -71,6 +101,7 @@ def pow_f64(x, y):  # type: ignore[no-untyped-def]
 
 
 __all__ = [
-    "erf_f32", "erf_f64", "exp_f32", "exp_f64", "log_f32", "log_f64", "pow_f32", "pow_f64",
-    "sigmoid_f32", "sigmoid_f64", "sqrt_f32", "sqrt_f64", "tanh_f32", "tanh_f64",
+    "cos_f32", "cos_f64", "erf_f32", "erf_f64", "exp_f32", "exp_f64", "expm1_f32", "expm1_f64",
+    "log1p_f32", "log1p_f64", "log_f32", "log_f64", "pow_f32", "pow_f64", "sigmoid_f32",
+    "sigmoid_f64", "sin_f32", "sin_f64", "sqrt_f32", "sqrt_f64", "tanh_f32", "tanh_f64",
 ]

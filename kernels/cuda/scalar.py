@@ -111,6 +111,66 @@ def erf_f64(x):  # type: ignore[no-untyped-def]
 
 
 @_device
+def sin_f32(x):  # type: ignore[no-untyped-def]
+    if math.isinf(x):
+        return np.float32(math.nan)
+    return np.float32(math.sin(x))
+
+
+@_device
+def sin_f64(x):  # type: ignore[no-untyped-def]
+    if math.isinf(x):
+        return np.float64(math.nan)
+    return np.float64(math.sin(x))
+
+
+@_device
+def cos_f32(x):  # type: ignore[no-untyped-def]
+    if math.isinf(x):
+        return np.float32(math.nan)
+    return np.float32(math.cos(x))
+
+
+@_device
+def cos_f64(x):  # type: ignore[no-untyped-def]
+    if math.isinf(x):
+        return np.float64(math.nan)
+    return np.float64(math.cos(x))
+
+
+@_device
+def log1p_f32(x):  # type: ignore[no-untyped-def]
+    if x > np.float32(-1):
+        return np.float32(math.log1p(x))
+    if x == np.float32(-1):
+        return np.float32(-math.inf)
+    return np.float32(math.nan)
+
+
+@_device
+def log1p_f64(x):  # type: ignore[no-untyped-def]
+    if x > np.float64(-1):
+        return np.float64(math.log1p(x))
+    if x == np.float64(-1):
+        return np.float64(-math.inf)
+    return np.float64(math.nan)
+
+
+@_device
+def expm1_f32(x):  # type: ignore[no-untyped-def]
+    if x > np.float32(_EXP_MAX_F32):
+        return np.float32(math.inf)
+    return np.float32(math.expm1(x))
+
+
+@_device
+def expm1_f64(x):  # type: ignore[no-untyped-def]
+    if x > np.float64(_EXP_MAX_F64):
+        return np.float64(math.inf)
+    return np.float64(math.expm1(x))
+
+
+@_device
 def pow_f32(x, y):  # type: ignore[no-untyped-def]
     return np.float32(np.float64(x) ** np.float64(y))
 
@@ -147,7 +207,8 @@ def dropout_keep(seed, counter, index, threshold):  # type: ignore[no-untyped-de
 
 
 __all__ = [
-    "dropout_keep", "erf_f32", "erf_f64", "exp_f32", "exp_f64", "log_f32", "log_f64",
-    "pow_f32", "pow_f64", "sigmoid_f32", "sigmoid_f64", "sqrt_f32", "sqrt_f64", "tanh_f32",
-    "tanh_f64",
+    "cos_f32", "cos_f64", "dropout_keep", "erf_f32", "erf_f64", "exp_f32", "exp_f64",
+    "expm1_f32", "expm1_f64", "log1p_f32", "log1p_f64", "log_f32", "log_f64", "pow_f32",
+    "pow_f64", "sigmoid_f32", "sigmoid_f64", "sin_f32", "sin_f64", "sqrt_f32", "sqrt_f64",
+    "tanh_f32", "tanh_f64",
 ]

@@ -18,6 +18,7 @@ from graphc.backends.cpu.loops import FASTMATH, flat_index, nest, operand_index,
 from graphc.codegen.cache import CacheStats, write_module
 from graphc.codegen.common import (
     Kernel,
+    check_reduction,
     kernel_library_version,
     literal,
     module_digest,
@@ -44,8 +45,9 @@ from numba import njit
 
 from kernels.cpu.rng import dropout_keep
 from kernels.cpu.scalar import (
-    erf_f32, erf_f64, exp_f32, exp_f64, log_f32, log_f64, pow_f32, pow_f64, sigmoid_f32,
-    sigmoid_f64, sqrt_f32, sqrt_f64, tanh_f32, tanh_f64,
+    cos_f32, cos_f64, erf_f32, erf_f64, exp_f32, exp_f64, expm1_f32, expm1_f64, log1p_f32,
+    log1p_f64, log_f32, log_f64, pow_f32, pow_f64, sigmoid_f32, sigmoid_f64, sin_f32, sin_f64,
+    sqrt_f32, sqrt_f64, tanh_f32, tanh_f64,
 )
 """
 
@@ -307,6 +309,7 @@ class StepWriter:
         self.parallel = True
         for nid in region.partials:
             how = self.shards.combine[nid]
+            check_reduction(how, "CPU")
             call = "sum_partials(" if how == "sum" else "extreme_partials("
             last = "" if how == "sum" else f", {how == 'max'}"
             self.body.append(f"{call}{self.arg('partial', nid)}, nshards, "

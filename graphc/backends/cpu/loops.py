@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphc.codegen.common import CTOR
+from graphc.codegen.common import CTOR, check_reduction
 
 #: Numba fastmath flags of loop kernels: reassociation lets reductions vectorise; NaN and
 #: Inf still propagate.
@@ -44,6 +44,7 @@ def nest(rank: int, axes, body: list[str], depth: int) -> list[str]:
 
 
 def identity(op: str, dtype: str, full: bool) -> str:
+    check_reduction(op, "CPU")
     if op == "sum":
         if dtype in ("float32", "float64"):
             return "0.0" if full else f"{CTOR[dtype]}(0)"
@@ -57,10 +58,9 @@ def identity(op: str, dtype: str, full: bool) -> str:
 
 
 def combine(op: str, acc: str, v: str) -> str:
+    check_reduction(op, "CPU")
     if op == "sum":
         return f"{acc} + {v}"
-    if op not in ("max", "min"):
-        raise NotImplementedError(f"no CPU code for the reduction {op!r}")
     cmp = ">" if op == "max" else "<"
     return f"{v} if ({v} {cmp} {acc} or {v} != {v}) else {acc}"
 

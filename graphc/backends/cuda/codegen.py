@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from graphc.codegen.cache import CacheStats, write_module
-from graphc.codegen.common import Kernel, literal, scalar_expr
+from graphc.codegen.common import Kernel, check_reduction, literal, scalar_expr
 from graphc.errors import GraphError
 from graphc.ir import Graph, Node
 from graphc.ops import OPS
@@ -259,6 +259,7 @@ def _library_version() -> str:
 
 
 def _identity(op: str, dtype: str) -> str:
+    check_reduction(op, "CUDA")
     if op == "sum":
         return f"{CTOR[dtype]}(0)"
     if dtype in ("float32", "float64"):
@@ -270,6 +271,7 @@ def _identity(op: str, dtype: str) -> str:
 
 
 def _combine(op: str) -> str:
+    check_reduction(op, "CUDA")
     if op == "sum":
         return "{a} + {b}"
     cmp = ">" if op == "max" else "<"
