@@ -26,6 +26,9 @@ from graphc.ops import (
     softmax_cross_entropy, sqrt, square, squeeze, stack, stop_gradient, sub, sum, swapaxes,
     take, tanh, transpose, where, zeros_like,
 )
+from graphc.ops import (  # statistics, running sums, gathers along an axis, layout
+    arange, argmax, argmin, cumsum, pad, std, take_along_axis, tril, triu, var,
+)
 from graphc.train import Callback, Checkpoint, EarlyStopping, History, fit
 
 __version__ = "0.1.0"
@@ -41,4 +44,6 @@ __all__ = [
     "sign", "softmax", "softmax_cross_entropy", "sqrt", "square", "squeeze", "stack",
     "stop_gradient", "sub", "sum", "swapaxes", "take", "tanh", "to_dot", "to_networkx",
     "transpose", "where", "zeros_like",
+    "arange", "argmax", "argmin", "cumsum", "pad", "std", "take_along_axis", "tril", "triu",
+    "var",
 ]

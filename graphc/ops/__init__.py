@@ -28,6 +28,7 @@ from graphc.ops.elementwise import (
     tanh,
     where,
 )
+from graphc.ops.layout import arange, pad, tril, triu
 from graphc.ops.linalg import matmul
 from graphc.ops.conv import (
     avg_pool2d,
@@ -48,6 +49,8 @@ from graphc.ops.nnfuncs import (
     softmax_cross_entropy,
 )
 from graphc.ops.reduce import count, max, mean, min, sum
+from graphc.ops.scan import cumsum
+from graphc.ops.statistics import argmax, argmin, std, var
 from graphc.ops.registry import OPS, OpDef, defop, make
 from graphc.ops.views import (
     broadcast_like,
@@ -61,6 +64,7 @@ from graphc.ops.views import (
     stack,
     swapaxes,
     take,
+    take_along_axis,
     transpose,
     zeros_like,
 )
@@ -76,4 +80,7 @@ __all__ = [
     # convolution, pooling, training/inference views, dropout masks
     "avg_pool2d", "conv2d", "conv2d_grad_input", "conv2d_grad_weight", "keep_mask",
     "max_pool2d", "mode_select",
+    # statistics, running sums, gathers along an axis, layout
+    "arange", "argmax", "argmin", "cumsum", "pad", "std", "take_along_axis", "tril", "triu",
+    "var",
 ]

@@ -34,7 +34,7 @@ def data_inputs(node: Node) -> tuple[int, ...]:
     """Operands whose values a node reads (shape-only operands excluded)."""
     if node.op in BROADCASTS or node.op == "reshape_like":
         return node.inputs[:1]
-    if node.op in ("take_grad", "slice_grad"):
+    if node.op in ("take_grad", "take_along_axis_grad", "slice_grad"):
         return node.inputs[:-1]
     if node.op == "dim_size":
         return ()
