@@ -113,5 +113,9 @@ def _block(x: Value, axis: int, width: int, value: Any) -> Value | None:
     shape[axis] = width
     if None not in shape:
         return broadcast_to(fill, tuple(shape))
-    like = take(x, np.zeros(width, dtype=np.int64), axis=axis)  # only its shape is read
-    return broadcast_like(fill, like)
+    if x.shape[axis] == 0:
+        raise GraphError("pad: constant padding of an empty axis next to axes of run-time "
+                         f"size is not supported\n  at {user_location()}")
+    first = tuple(slice(0, 1) if k == axis else slice(None) for k in range(x.ndim))
+    row = broadcast_like(fill, x[first])  # one entry on the axis, run-time sizes elsewhere
+    return take(row, np.zeros(width, dtype=np.int64), axis=axis)

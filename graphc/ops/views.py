@@ -480,15 +480,20 @@ def _broadcast_off_axis(x: Value, idx: Value, axis: int) -> tuple[Value, Value]:
     except InferError as err:
         raise GraphError(f"take_along_axis: {err}\n  operands: "
                          f"{describe_operands([x, idx])}\n  at {user_location()}") from None
-    if None in common or x.shape[axis] is None or idx.shape[axis] is None:
-        raise GraphError("take_along_axis: broadcasting the value and the indices over axes "
-                         "of run-time size is not supported; give them the same shape off "
-                         f"the axis\n  operands: {describe_operands([x, idx])}\n"
-                         f"  at {user_location()}")
-
     def target(v: Value) -> tuple:
         dims = list(common)
         dims.insert(axis, v.shape[axis])
         return tuple(dims)
 
-    return broadcast_to(x, target(x)), broadcast_to(idx, target(idx))
+    if None not in target(x) + target(idx):
+        return broadcast_to(x, target(x)), broadcast_to(idx, target(idx))
+    # run-time sizes: `where` with equal branches broadcasts through a condition shaped
+    # like the other operand with one entry on the axis
+    from graphc.ops.elementwise import equal, where
+
+    def first(v: Value) -> Value:
+        row = make("slice", [v], index=tuple(
+            (0, 1, 1) if k == axis else (None, None, 1) for k in range(v.ndim)))
+        return equal(row, row)
+
+    return where(first(idx), x, x), where(first(x), idx, idx)
