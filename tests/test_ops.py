@@ -429,10 +429,11 @@ case("mse_scalar_target", lambda p: gc.mse(p, 0.5),
 for axis, keepdims, ddof in ((None, False, 0), (1, False, 0), (-1, True, 1), ((0, 2), False, 1),
                              ((0, 1, 2), True, 0)):
     for op_name in ("var", "std"):
+        gc_fn, np_fn = getattr(gc, op_name), getattr(np, op_name)
         case(f"{op_name}-axis={axis}-keepdims={keepdims}-ddof={ddof}",
-             lambda a, f=getattr(gc, op_name), ax=axis, kd=keepdims, dd=ddof:
+             lambda a, f=gc_fn, ax=axis, kd=keepdims, dd=ddof:
                  f(a, axis=ax, keepdims=kd, ddof=dd),
-             lambda a, f=getattr(np, op_name), ax=axis, kd=keepdims, dd=ddof:
+             lambda a, f=np_fn, ax=axis, kd=keepdims, dd=ddof:
                  np.asarray(f(a, axis=ax, keepdims=kd, ddof=dd)),
              args(normal(2, 3, 4)))
 case("var_method_chain", lambda a: gc.std(a * 2.0, axis=0) + gc.var(a, axis=0),
@@ -440,10 +441,11 @@ case("var_method_chain", lambda a: gc.std(a * 2.0, axis=0) + gc.var(a, axis=0),
      args(normal(5, 3)))
 # argmax / argmin: int64 indices, no gradient (ties: test_argmax_first_occurrence_and_nan)
 for op_name in ("argmax", "argmin"):
+    gc_fn, np_fn = getattr(gc, op_name), getattr(np, op_name)
     for axis, keepdims in ((None, False), (0, False), (1, True), (-1, False), (None, True)):
         case(f"{op_name}-axis={axis}-keepdims={keepdims}",
-             lambda a, f=getattr(gc, op_name), ax=axis, kd=keepdims: f(a, axis=ax, keepdims=kd),
-             lambda a, f=getattr(np, op_name), ax=axis, kd=keepdims:
+             lambda a, f=gc_fn, ax=axis, kd=keepdims: f(a, axis=ax, keepdims=kd),
+             lambda a, f=np_fn, ax=axis, kd=keepdims:
                  np.asarray(f(a, axis=ax, keepdims=kd)),
              args(distinct(2, 3, 4)), grad="zero")
 # running sums: the oracle multiplies by a triangle of ones (independent of cumsum)
@@ -807,9 +809,9 @@ def test_take_along_axis_index_out_of_range() -> None:
     x, i = g.input("x", (2, 3)), g.input("i", (2, 1), dtype="int64")
     out = gc.take_along_axis(x, i, 1)
     feeds = {"x": np.zeros((2, 3)), "i": np.array([[0], [3]])}
-    with pytest.raises(gc.GraphError, match="take_along_axis.*index out of range"):
+    with pytest.raises(gc.GraphError, match=r"take_along_axis.*index out of range"):
         gc.evaluate(out, feeds)
-    with pytest.raises(IndexError, match="take_along_axis .* out of range"):
+    with pytest.raises(IndexError, match=r"take_along_axis .* out of range"):
         gc.compile([out])(**feeds)
 
 
