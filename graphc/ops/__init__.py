@@ -32,6 +32,7 @@ from graphc.ops.layout import arange, pad, tril, triu
 from graphc.ops.linalg import matmul
 from graphc.ops.conv import (
     avg_pool2d,
+    conv1d,
     conv2d,
     conv2d_grad_input,
     conv2d_grad_weight,
@@ -78,7 +79,7 @@ __all__ = [
     "square", "squeeze", "stack", "stop_gradient", "sub", "sum", "swapaxes", "take", "tanh",
     "transpose", "where", "zeros_like",
     # convolution, pooling, training/inference views, dropout masks
-    "avg_pool2d", "conv2d", "conv2d_grad_input", "conv2d_grad_weight", "keep_mask",
+    "avg_pool2d", "conv1d", "conv2d", "conv2d_grad_input", "conv2d_grad_weight", "keep_mask",
     "max_pool2d", "mode_select",
     # statistics, running sums, gathers along an axis, layout
     "arange", "argmax", "argmin", "cumsum", "pad", "std", "take_along_axis", "tril", "triu",
