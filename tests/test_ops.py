@@ -848,3 +848,23 @@ def test_structural_ops_report_bad_arguments(build, message: str) -> None:
     with pytest.raises(gc.GraphError, match=message) as info:
         build(x, i)
     assert "test_ops.py" in str(info.value)
+
+
+def test_run_time_batch_paths_equal_the_static_ones() -> None:
+    """take_along_axis broadcasting over a run-time axis and constant padding next to one
+    take other routes (a `where` broadcast, a gathered fill row) than with fixed sizes:
+    values and gradients must be the same."""
+    rng = np.random.default_rng(9)
+    data = {"x": rng.standard_normal((3, 4, 5)), "i": rng.integers(-5, 5, (3, 1, 2))}
+    weights = rng.standard_normal((1, 4, 2))
+    results = []
+    for batch in (3, None):
+        g = gc.Graph(dtype="float64")
+        x = g.input("x", (batch, 4, 5))
+        i = g.input("i", (batch, 1, 2), dtype="int64")
+        picked = gc.take_along_axis(x, i, 2)
+        padded = gc.pad(x, ((0, 0), (2, 1), (0, 1)), constant_values=1.5)
+        f = gc.sum(picked * g.const(weights)) + gc.sum(padded * padded)
+        results.append(gc.evaluate([picked, padded, *gc.grad(f, [x])], data))
+    for static, dynamic in zip(*results):
+        np.testing.assert_array_equal(static, dynamic)
