@@ -626,6 +626,7 @@ def index_kernel_source(node: Node, graph: Graph) -> str:
 
     Both loop over the gathered shape `x.shape[:axis] + idx.shape + x.shape[axis + 1:]`
     (take's output, take_grad's incoming gradient) and differ only in the last line.
+    cumsum and take_along_axis(_grad) get the loop nests of loops.axis_kernel_body.
     """
     axis = node.attrs["axis"]
     header = f"# graphc kernel: {node.op} along axis {axis}\n"
