@@ -31,6 +31,9 @@ from graphc.ops import (
     binary_cross_entropy_with_logits, clip, cos, elu, expm1, greater_equal, less_equal, log1p,
     not_equal, silu, sin, softplus,
 )
+from graphc.ops import (  # statistics, running sums, gathers along an axis, layout
+    arange, argmax, argmin, cumsum, pad, std, take_along_axis, tril, triu, var,
+)
 from graphc.train import Callback, Checkpoint, EarlyStopping, History, fit
 
 __version__ = "0.1.0"
@@ -48,4 +51,6 @@ __all__ = [
     "transpose", "where", "zeros_like",
     "binary_cross_entropy_with_logits", "clip", "cos", "elu", "expm1", "greater_equal",
     "less_equal", "log1p", "not_equal", "silu", "sin", "softplus",
+    "arange", "argmax", "argmin", "cumsum", "pad", "std", "take_along_axis", "tril", "triu",
+    "var",
 ]

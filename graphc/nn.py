@@ -76,51 +76,88 @@ def _views(train: Value, infer: Value | None, training: bool | None) -> Value:
 
 
 def conv2d(x: Value, out_channels: int, kernel_size: Any, stride: Any = 1, padding: Any = 0,
-           name: str | None = None, bias: bool = True, init: str = "he") -> Value:
-    """2-D convolution of `x` (N, C, H, W) with parameters `name.w` (out_channels, C, kh, kw)
-    and `name.b` (out_channels,); `stride` and `padding` are ints or (h, w) pairs.
+           name: str | None = None, bias: bool = True, init: str = "he", dilation: Any = 1,
+           groups: int = 1) -> Value:
+    """2-D convolution of `x` (N, C, H, W) with parameters `name.w` (out_channels,
+    C // groups, kh, kw) and `name.b` (out_channels,); `stride`, `padding` and `dilation`
+    are ints or (h, w) pairs; `groups` splits the channels (torch.nn.Conv2d's meaning).
 
     `init` "he" (normal, std sqrt(2 / fan_in), for ReLU) or "glorot" (uniform); the bias
     starts at zero.
     """
-    from graphc.ops import conv, reshape
-
     if x.ndim != 4:
         raise GraphError(f"conv2d: expected a 4-D (N, C, H, W) input, got {x.shape}\n"
                          f"  at {user_location()}")
     _fixed(x, (1, 2, 3), "conv2d")
-    kh, kw = conv._pair(kernel_size, "conv2d: kernel_size", 1)
+    return _conv_layer(x, out_channels, kernel_size, stride, padding, dilation, groups, name,
+                       bias, init, "conv2d")
+
+
+def conv1d(x: Value, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
+           name: str | None = None, bias: bool = True, init: str = "he", dilation: int = 1,
+           groups: int = 1) -> Value:
+    """1-D convolution of `x` (N, C, L) with parameters `name.w` (out_channels, C // groups,
+    k) and `name.b` (out_channels,), as torch.nn.Conv1d; `init` as for conv2d."""
+    if x.ndim != 3:
+        raise GraphError(f"conv1d: expected a 3-D (N, C, L) input, got {x.shape}\n"
+                         f"  at {user_location()}")
+    _fixed(x, (1, 2), "conv1d")
+    return _conv_layer(x, out_channels, kernel_size, stride, padding, dilation, groups, name,
+                       bias, init, "conv1d")
+
+
+def _conv_layer(x: Value, out_channels: int, kernel_size: Any, stride: Any, padding: Any,
+                dilation: Any, groups: int, name: str | None, bias: bool, init: str,
+                op: str) -> Value:
+    from graphc.ops import conv, reshape
+
+    if op == "conv1d":
+        if not isinstance(kernel_size, (int, np.integer)) or kernel_size < 1:
+            raise GraphError(f"conv1d: kernel_size must be an int >= 1, got {kernel_size!r}\n"
+                             f"  at {user_location()}")
+        taps: tuple[int, ...] = (int(kernel_size),)
+    else:
+        taps = conv._pair(kernel_size, "conv2d: kernel_size", 1)
     graph, channels = x.graph, x.shape[1]
+    if not isinstance(groups, (int, np.integer)) or groups < 1 or channels % groups \
+            or out_channels % groups:
+        raise GraphError(f"{op}: groups={groups!r} must be an int >= 1 dividing the input's "
+                         f"{channels} and the output's {out_channels} channels\n"
+                         f"  at {user_location()}")
     prefix = _prefix(x, name, "conv")
-    fan_in, fan_out = channels * kh * kw, out_channels * kh * kw
-    shape = (out_channels, channels, kh, kw)
+    fan_in = channels // groups * math.prod(taps)
+    fan_out = out_channels // groups * math.prod(taps)
+    shape = (out_channels, channels // groups, *taps)
     if init == "he":
         w0 = graph.rng.normal(0.0, math.sqrt(2.0 / fan_in), size=shape)
     elif init == "glorot":
         limit = math.sqrt(6.0 / (fan_in + fan_out))
         w0 = graph.rng.uniform(-limit, limit, size=shape)
     else:
-        raise GraphError(f"conv2d: init must be 'he' or 'glorot', got {init!r}\n"
+        raise GraphError(f"{op}: init must be 'he' or 'glorot', got {init!r}\n"
                          f"  at {user_location()}")
-    out = conv.conv2d(x, graph.param(f"{prefix}.w", w0), stride, padding)
+    run = conv.conv1d if op == "conv1d" else conv.conv2d
+    out = run(x, graph.param(f"{prefix}.w", w0), stride, padding, dilation, groups)
     if bias:
         b = graph.param(f"{prefix}.b", np.zeros(out_channels))
-        out = add(out, reshape(b, (1, out_channels, 1, 1)))
+        out = add(out, reshape(b, (1, out_channels) + (1,) * len(taps)))
     return out
 
 
-def max_pool2d(x: Value, kernel_size: Any, stride: Any = None) -> Value:
-    """Maximum over windows of `x` (N, C, H, W); `stride` defaults to `kernel_size`."""
+def max_pool2d(x: Value, kernel_size: Any, stride: Any = None, padding: Any = 0) -> Value:
+    """Maximum over windows of `x` (N, C, H, W); `stride` defaults to `kernel_size`;
+    `padding` (at most half the window) never wins the maximum."""
     from graphc.ops import conv
 
-    return conv.max_pool2d(x, kernel_size, stride)
+    return conv.max_pool2d(x, kernel_size, stride, padding)
 
 
-def avg_pool2d(x: Value, kernel_size: Any, stride: Any = None) -> Value:
-    """Mean over windows of `x` (N, C, H, W); `stride` defaults to `kernel_size`."""
+def avg_pool2d(x: Value, kernel_size: Any, stride: Any = None, padding: Any = 0) -> Value:
+    """Mean over windows of `x` (N, C, H, W); `stride` defaults to `kernel_size`; `padding`
+    zeros count in the mean (PyTorch's count_include_pad=True)."""
     from graphc.ops import conv
 
-    return conv.avg_pool2d(x, kernel_size, stride)
+    return conv.avg_pool2d(x, kernel_size, stride, padding)
 
 
 def flatten(x: Value) -> Value:

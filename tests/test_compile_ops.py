@@ -250,8 +250,47 @@ NN = OpGroup(
     },
 )
 
+STRUCTURE = OpGroup(
+    inputs={"x": ((None, 5), None), "y": ((None, 3, 4), None), "v": ((4,), None),
+            "m": ((4, 3), None), "i": ((None, 3), "int64")},
+    data=lambda rng, n: {"x": rng.standard_normal((n, 5)), "y": rng.standard_normal((n, 3, 4)),
+                         "v": rng.standard_normal(4), "m": rng.standard_normal((4, 3)),
+                         "i": rng.integers(-3, 3, size=(n, 3))},
+    ops={
+        "var_axis1": lambda v: gc.var(v.y, axis=1),
+        "var_all_ddof1": lambda v: gc.var(v.x, ddof=1),
+        "std_keepdims": lambda v: gc.std(v.y, axis=-1, keepdims=True),
+        "cumsum_last_axis": lambda v: gc.cumsum(v.x, 1),
+        "cumsum_batch_axis": lambda v: gc.cumsum(v.y, 0),
+        "cumsum_middle_axis": lambda v: gc.cumsum(v.y * v.y, axis=1),
+        "cumsum_int": lambda v: gc.cumsum(gc.cast(v.x > 0, "int32"), 1),
+        "argmax_last_axis": lambda v: gc.argmax(v.x, 1),
+        "argmin_all": lambda v: gc.argmin(v.y),
+        "argmax_run_time_axis": lambda v: gc.argmax(v.y, 0),
+        "argmin_keepdims": lambda v: gc.argmin(v.y, axis=2, keepdims=True),
+        "take_along_axis": lambda v: gc.take_along_axis(v.x, v.i, 1),
+        "take_along_axis_run_time_broadcast": lambda v: gc.take_along_axis(
+            v.y, gc.expand_dims(v.i, 2), 1),
+        "take_along_axis_static": lambda v: gc.take_along_axis(v.m, [[3, 0, 1], [1, 1, -1]], 0),
+        "pad_constant_run_time_rows": lambda v: gc.pad(v.x, ((0, 0), (1, 2)),
+                                                       constant_values=0.5),
+        "pad_constant_static": lambda v: gc.pad(v.m, 1),
+        "pad_reflect": lambda v: gc.pad(v.y, ((0, 0), (2, 1), (0, 3)), mode="reflect"),
+        "pad_edge": lambda v: gc.pad(v.x, ((0, 0), (2, 2)), mode="edge"),
+        "pad_wrap": lambda v: gc.pad(v.m, ((1, 4), (0, 0)), mode="wrap"),
+        "arange": lambda v: v.x * gc.arange(v.x, 0.0, 1.0, 0.2),
+        "tril": lambda v: gc.tril(v.y),
+        "triu_k1": lambda v: gc.triu(v.y, 1),
+        "tril_vector": lambda v: gc.tril(v.v, -1),
+        "matmul_vector_matrix": lambda v: v.v @ v.m,
+        "matmul_batch_vector": lambda v: v.y @ v.v,
+        "matmul_vector_vector": lambda v: v.v @ v.v,
+        "matmul_vector_batch": lambda v: gc.matmul(v.m[0], v.y),
+    },
+)
+
 GROUPS = {"elementwise": ELEMENTWISE, "reduce": REDUCE, "linalg": LINALG, "views": VIEWS,
-          "index": INDEX, "nn": NN}
+          "index": INDEX, "nn": NN, "structure": STRUCTURE}
 CASES = [(group, op) for group, spec in GROUPS.items() for op in spec.ops]
 
 
@@ -411,6 +450,7 @@ COVERED_PRIMITIVES = {
     "broadcast_like", "concat", "squeeze", "expand_dims", "slice", "slice_grad", "take",
     "take_grad", "sin", "cos", "log1p", "expm1", "softplus", "elu", "clip", "greater_equal",
     "less_equal", "not_equal",
+    "cumsum", "take_along_axis", "take_along_axis_grad",
 }
 
 

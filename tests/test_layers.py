@@ -59,6 +59,38 @@ def naive_conv(x, w, s=(1, 1), p=(0, 0)):
     return out
 
 
+def naive_conv_general(x, w, s=(1, 1), p=(0, 0), d=(1, 1), groups=1):
+    """torch.nn.functional.conv2d's definition, tap by tap (dilation, groups)."""
+    n, _, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    xp = pad(x, p)
+    ho = (h + 2 * p[0] - d[0] * (kh - 1) - 1) // s[0] + 1
+    wo = (wd + 2 * p[1] - d[1] * (kw - 1) - 1) // s[1] + 1
+    out = np.zeros((n, o, ho, wo))
+    for b in range(n):
+        for k in range(o):
+            first = k // (o // groups) * cg
+            for i in range(ho):
+                for j in range(wo):
+                    for ch in range(cg):
+                        for a in range(kh):
+                            for e in range(kw):
+                                out[b, k, i, j] += w[k, ch, a, e] * xp[
+                                    b, first + ch, i * s[0] + a * d[0], j * s[1] + e * d[1]]
+    return out
+
+
+def naive_conv1d(x, w, s=1, p=0, d=1, groups=1):
+    return naive_conv_general(x[:, :, None, :], w[:, :, None, :], (1, s), (0, p), (1, d),
+                              groups)[:, :, 0, :]
+
+
+def pad_with(x, p, value):
+    out = np.full(x.shape[:2] + (x.shape[2] + 2 * p[0], x.shape[3] + 2 * p[1]), value)
+    out[:, :, p[0]:p[0] + x.shape[2], p[1]:p[1] + x.shape[3]] = x
+    return out
+
+
 def naive_conv_grad_input(g, w, s, p, hw):
     n, o, ho, wo = g.shape
     _, c, kh, kw = w.shape
@@ -221,6 +253,27 @@ CASES = [
     Case("avg_pool2d_overlapping", {"x": ((None, 2, 6, 5), normal)},
          lambda v: cv.avg_pool2d(v.x, (3, 2), stride=1),
          lambda x: naive_avg_pool(x, (3, 2), (1, 1))),
+    Case("conv2d_dilated", {"x": ((None, 2, 7, 6), normal), "w": ((3, 2, 3, 2), normal)},
+         lambda v: cv.conv2d(v.x, v.w, padding=1, dilation=(2, 1)),
+         lambda x, w: naive_conv_general(x, w, (1, 1), (1, 1), (2, 1))),
+    Case("conv2d_groups_stride2", {"x": ((None, 4, 5, 5), normal), "w": ((6, 2, 3, 3), normal)},
+         lambda v: cv.conv2d(v.x, v.w, stride=2, groups=2),
+         lambda x, w: naive_conv_general(x, w, (2, 2), (0, 0), (1, 1), 2)),
+    Case("conv2d_depthwise_dilated",
+         {"x": ((None, 3, 6, 6), normal), "w": ((3, 1, 2, 2), normal)},
+         lambda v: cv.conv2d(v.x, v.w, padding=(0, 1), dilation=2, groups=3),
+         lambda x, w: naive_conv_general(x, w, (1, 1), (0, 1), (2, 2), 3)),
+    Case("conv1d", {"x": ((None, 2, 9), normal), "w": ((3, 2, 3), normal)},
+         lambda v: cv.conv1d(v.x, v.w, stride=2, padding=1, dilation=2),
+         lambda x, w: naive_conv1d(x, w, 2, 1, 2)),
+    Case("conv1d_groups", {"x": ((None, 4, 7), normal), "w": ((2, 2, 2), normal)},
+         lambda v: cv.conv1d(v.x, v.w, groups=2), lambda x, w: naive_conv1d(x, w, groups=2)),
+    Case("max_pool2d_padded", {"x": ((None, 2, 6, 5), distinct)},
+         lambda v: cv.max_pool2d(v.x, 3, stride=2, padding=1),
+         lambda x: naive_max_pool(pad_with(x, (1, 1), -np.inf), (3, 3), (2, 2))),
+    Case("avg_pool2d_padded", {"x": ((None, 2, 6, 5), normal)},
+         lambda v: cv.avg_pool2d(v.x, (2, 3), stride=1, padding=(1, 1)),
+         lambda x: naive_avg_pool(pad_with(x, (1, 1), 0.0), (2, 3), (1, 1))),
     Case("avg_pool2d_grad", {"g": ((None, 2, 4, 4), normal)},
          lambda v: gc.ops.make("avg_pool2d_grad", [v.g], kernel=(3, 2), stride=(1, 1),
                                input_hw=(6, 5)),
@@ -447,6 +500,47 @@ def test_flatten_and_conv_layer_parameters() -> None:
     assert g.param_values["c.b"].shape == (6,)
     assert gc.nn.flatten(h).shape == (None, 6 * 8 * 4)
     assert gc.nn.flatten(gc.nn.avg_pool2d(h, 2)).shape == (None, 6 * 4 * 2)
+
+
+
+def test_grouped_dilated_and_1d_conv_layers() -> None:
+    """Parameter shapes (O, C // groups, ...), output shapes, and the layer's value against
+    the naive definition plus the bias."""
+    g = gc.Graph(seed=0, dtype="float64")
+    x = g.input("x", (None, 4, 7, 6))
+    s = g.input("s", (None, 4, 9))
+    h = gc.nn.conv2d(x, 6, 3, padding=2, name="c", dilation=2, groups=2)
+    t = gc.nn.conv1d(s, 2, 3, stride=2, name="d", groups=4 // 2)
+    assert h.shape == (None, 6, 7, 6) and g.param_values["c.w"].shape == (6, 2, 3, 3)
+    assert t.shape == (None, 2, 4) and g.param_values["d.w"].shape == (2, 2, 3)
+    pooled = gc.nn.max_pool2d(h, 3, stride=2, padding=1)
+    averaged = gc.nn.avg_pool2d(h, 2, padding=1)
+    assert pooled.shape == (None, 6, 4, 3) and averaged.shape == (None, 6, 4, 4)
+    rng = np.random.default_rng(4)
+    feeds = {"x": rng.standard_normal((2, 4, 7, 6)), "s": rng.standard_normal((2, 4, 9))}
+    g.param_values["c.b"][:] = rng.standard_normal(6)
+    got_h, got_t = gc.evaluate([h, t], feeds)
+    want_h = naive_conv_general(feeds["x"], g.param_values["c.w"], (1, 1), (2, 2), (2, 2), 2)
+    want_t = naive_conv1d(feeds["s"], g.param_values["d.w"], 2, groups=2)
+    assert_arrays_match(got_h, want_h + g.param_values["c.b"][:, None, None], rtol=1e-13,
+                        atol=0.0, what="grouped dilated layer")
+    assert_arrays_match(got_t, want_t, rtol=1e-13, atol=0.0, what="conv1d layer")
+
+
+def test_grouped_conv_and_padded_pool_errors() -> None:
+    g = gc.Graph()
+    x = g.input("x", (None, 4, 8, 8))
+    with pytest.raises(gc.GraphError,
+                       match=r"(?s)groups=3 the input needs 3 \* 2 = 6 channels.*test_layers.py"):
+        cv.conv2d(x, g.input("w", (6, 2, 3, 3)), groups=3)
+    with pytest.raises(gc.GraphError, match=r"groups=3 must be an int >= 1 dividing"):
+        gc.nn.conv2d(x, 6, 3, groups=3)
+    with pytest.raises(gc.GraphError, match=r"dilation must be an int >= 1"):
+        cv.conv2d(x, g.input("v", (6, 4, 3, 3)), dilation=0)
+    with pytest.raises(gc.GraphError, match=r"padding \(2, 2\) must be at most half"):
+        gc.nn.max_pool2d(x, 3, padding=2)
+    with pytest.raises(gc.GraphError, match=r"conv1d: needs x \(N, C, L\)"):
+        cv.conv1d(x, g.input("u", (6, 4, 3)))
 
 
 # -- state: batch-norm running statistics -------------------------------------------------

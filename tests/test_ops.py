@@ -224,6 +224,34 @@ def np_take_along(x, idx, axis):
     return np.moveaxis(out, list(range(idx.ndim)), list(range(axis, axis + idx.ndim)))
 
 
+def np_running_sum(a, axis):
+    n = a.shape[axis]
+    moved = np.moveaxis(a, axis, -1)
+    return np.moveaxis(moved @ np.triu(np.ones((n, n))), -1, axis)
+
+
+def np_pick_along(a, idx, axis):
+    """a[..., idx[..., j, ...], ...] along `axis`, entry by entry."""
+    out = np.empty(idx.shape)
+    for pos in np.ndindex(idx.shape):
+        src = list(pos)
+        src[axis] = idx[pos] % a.shape[axis]
+        out[pos] = a[tuple(src)]
+    return out
+
+
+def np_pad_constant(a, widths, value):
+    out = np.full([d + b + e for d, (b, e) in zip(a.shape, widths)], value)
+    out[tuple(slice(b, b + d) for d, (b, _) in zip(a.shape, widths))] = a
+    return out
+
+
+def np_triangle(a, k, lower):
+    rows, cols = np.indices(a.shape[-2:])
+    keep = cols - rows <= k if lower else cols - rows >= k
+    return np.where(keep, a, 0.0)
+
+
 def np_one_hot(y, depth):
     out = np.zeros(y.shape + (depth,))
     for pos in np.ndindex(y.shape):
@@ -514,6 +542,96 @@ case("mse_broadcast_target", gc.mse, lambda p, t: np.asarray(np.sum((p - t) ** 2
 case("mse_scalar_target", lambda p: gc.mse(p, 0.5),
      lambda p: np.asarray(np.sum((p - 0.5) ** 2) / p.size), args(normal(4, 3)))
 
+# statistics: numpy's var/std (ddof 0 by default; PyTorch's default is ddof=1)
+for axis, keepdims, ddof in ((None, False, 0), (1, False, 0), (-1, True, 1), ((0, 2), False, 1),
+                             ((0, 1, 2), True, 0)):
+    for op_name in ("var", "std"):
+        gc_fn, np_fn = getattr(gc, op_name), getattr(np, op_name)
+        case(f"{op_name}-axis={axis}-keepdims={keepdims}-ddof={ddof}",
+             lambda a, f=gc_fn, ax=axis, kd=keepdims, dd=ddof:
+                 f(a, axis=ax, keepdims=kd, ddof=dd),
+             lambda a, f=np_fn, ax=axis, kd=keepdims, dd=ddof:
+                 np.asarray(f(a, axis=ax, keepdims=kd, ddof=dd)),
+             args(normal(2, 3, 4)))
+case("var_method_chain", lambda a: gc.std(a * 2.0, axis=0) + gc.var(a, axis=0),
+     lambda a: 2.0 * np.sqrt(np.mean((a - a.mean(0)) ** 2, axis=0)) + np.var(a, axis=0),
+     args(normal(5, 3)))
+# argmax / argmin: int64 indices, no gradient (ties: test_argmax_first_occurrence_and_nan)
+for op_name in ("argmax", "argmin"):
+    gc_fn, np_fn = getattr(gc, op_name), getattr(np, op_name)
+    for axis, keepdims in ((None, False), (0, False), (1, True), (-1, False), (None, True)):
+        case(f"{op_name}-axis={axis}-keepdims={keepdims}",
+             lambda a, f=gc_fn, ax=axis, kd=keepdims: f(a, axis=ax, keepdims=kd),
+             lambda a, f=np_fn, ax=axis, kd=keepdims:
+                 np.asarray(f(a, axis=ax, keepdims=kd)),
+             args(distinct(2, 3, 4)), grad="zero")
+# running sums: the oracle multiplies by a triangle of ones (independent of cumsum)
+case("cumsum-axis=1", lambda a: gc.cumsum(a, 1), lambda a: np_running_sum(a, 1),
+     args(normal(2, 5, 3)))
+case("cumsum-axis=0", lambda a: gc.cumsum(a, axis=0), lambda a: np_running_sum(a, 0),
+     args(normal(4, 3)))
+case("cumsum-axis=-1", lambda a: gc.cumsum(a, -1), lambda a: np_running_sum(a, 2),
+     args(normal(2, 3, 6)))
+case("cumsum-flat", gc.cumsum, lambda a: np_running_sum(a.reshape(-1), 0), args(normal(3, 4)))
+case("cumsum_int32", lambda y: gc.cumsum(y, 1),
+     lambda y: np_running_sum(y.astype(np.float64), 1).astype(np.int64),
+     args(labels(3, 4, classes=7, dtype="int32")))
+case("cumsum_squared", lambda a: gc.cumsum(a * a, 0) * a, lambda a: np_running_sum(a * a, 0) * a,
+     args(normal(5, 2)))
+# gathers along an axis (numpy's take_along_axis): negative, repeated, broadcast indices
+case("take_along_axis", lambda a, i: gc.take_along_axis(a, i, 1),
+     lambda a, i: np_pick_along(a, i, 1),
+     args(normal(3, 5), const_int([[0, 4, 4], [-1, 2, 0], [3, 3, 3]])))
+case("take_along_axis_axis0", lambda a, i: gc.take_along_axis(a, i, axis=0),
+     lambda a, i: np_pick_along(a, i, 0),
+     args(normal(4, 3), const_int([[1, 1, 0], [3, -4, 2]])))
+case("take_along_axis_broadcast", lambda a, i: gc.take_along_axis(a, i, -1),
+     lambda a, i: np_pick_along(a, np.broadcast_to(i, (2, 3, 2)), 2),
+     args(normal(2, 3, 4), const_int([[[1, 3]], [[0, 0]]])))
+case("take_along_axis_flat", lambda a: gc.take_along_axis(a, [5, 0, 5, 11], None),
+     lambda a: a.reshape(-1)[[5, 0, 5, 11]], args(normal(3, 4)))
+case("take_along_axis_argmax", lambda a: gc.take_along_axis(
+         a, gc.expand_dims(gc.argmax(a, 1), 1), 1),
+     lambda a: np.max(a, axis=1, keepdims=True), args(distinct(3, 4)))
+# pad: numpy's pad_width forms and modes
+case("pad_constant", lambda a: gc.pad(a, ((1, 2), (0, 3)), constant_values=0.5),
+     lambda a: np_pad_constant(a, ((1, 2), (0, 3)), 0.5), args(normal(3, 4)))
+case("pad_int_width", lambda a: gc.pad(a, 1), lambda a: np_pad_constant(a, ((1, 1),) * 3, 0.0),
+     args(normal(2, 3, 2)))
+case("pad_pair_width", lambda a: gc.pad(a, (2, 1), constant_values=-1.0),
+     lambda a: np_pad_constant(a, ((2, 1), (2, 1)), -1.0), args(normal(3, 2)))
+case("pad_edge", lambda a: gc.pad(a, ((2, 1), (1, 2)), mode="edge"),
+     lambda a: np.pad(a, ((2, 1), (1, 2)), mode="edge"), args(normal(3, 4)))
+case("pad_reflect", lambda a: gc.pad(a, ((0, 0), (3, 2)), mode="reflect"),
+     lambda a: np.concatenate([a[:, [3, 2, 1]], a, a[:, [2, 1]]], axis=1), args(normal(2, 4)))
+case("pad_symmetric", lambda a: gc.pad(a, (2, 3), mode="symmetric"),
+     lambda a: np.pad(a, (2, 3), mode="symmetric"), args(normal(4, 3)))
+case("pad_wrap", lambda a: gc.pad(a, ((1, 5),), mode="wrap"),
+     lambda a: np.concatenate([a[-1:], a, a, a[:1]]), args(normal(4)))
+# arange (a constant), tril/triu on the last two axes
+case("arange_float", lambda a: a * gc.arange(a, 0.5, 2.0, 0.5),
+     lambda a: a * np.array([0.5, 1.0, 1.5]), args(normal(2, 3)))
+case("arange_int", lambda y: y * gc.arange(y.graph, 4),
+     lambda y: y * np.array([0, 1, 2, 3]), args(labels(3, 4, classes=5)))
+for k in (0, 1, -2):
+    case(f"tril-k={k}", lambda a, k=k: gc.tril(a, k), lambda a, k=k: np_triangle(a, k, True),
+         args(normal(2, 3, 4)))
+    case(f"triu-k={k}", lambda a, k=k: gc.triu(a, k=k), lambda a, k=k: np_triangle(a, k, False),
+         args(normal(4, 3)))
+case("tril_vector", gc.tril, lambda a: np_triangle(np.broadcast_to(a, (3, 3)), 0, True),
+     args(normal(3)))
+# matmul with 1-D operands (numpy: a vector is a row on the left, a column on the right)
+case("matmul_vector_matrix", lambda a, b: a @ b, lambda a, b: np.einsum("k,kj->j", a, b),
+     args(normal(4), normal(4, 3)))
+case("matmul_matrix_vector", gc.matmul, lambda a, b: np.einsum("ik,k->i", a, b),
+     args(normal(3, 4), normal(4)))
+case("matmul_vector_vector", gc.matmul, lambda a, b: np.asarray(np.einsum("k,k->", a, b)),
+     args(normal(4), normal(4)))
+case("matmul_batch_vector", gc.matmul, lambda a, b: np.einsum("bik,k->bi", a, b),
+     args(normal(2, 3, 4), normal(4)))
+case("matmul_vector_batch", gc.matmul, lambda a, b: np.einsum("k,bkj->bj", a, b),
+     args(normal(3), normal(2, 3, 5)))
+
 CASES_BY_ID = {c.id: c for c in CASES}
 assert len(CASES_BY_ID) == len(CASES), "duplicate case ids"
 
@@ -622,7 +740,9 @@ def test_every_op_is_in_the_table() -> None:
            "concat stack squeeze expand_dims take_repeated one_hot softmax log_softmax "
            "logsumexp softmax_cross_entropy mse erf sign stop_gradient sin cos log1p expm1 "
            "softplus silu elu clip greater_equal less_equal not_equal "
-           "binary_cross_entropy_with_logits").split()
+           "binary_cross_entropy_with_logits var std argmax argmin "
+           "cumsum take_along_axis pad_constant pad_reflect arange_float tril triu "
+           "matmul_vector_vector matmul_batch_vector").split()
     prefixes = {c.id.split("-")[0] for c in CASES} | {c.id for c in CASES}
     missing = [op for op in ops if op not in prefixes]
     assert not missing, missing
@@ -937,3 +1057,106 @@ def test_fd_helper_selftest() -> None:
                                rtol=1e-8, atol=1e-9)
     two = numeric_directional_derivative(lambda p, q: np.sum(p * q), [x, x], [v, v])
     assert abs(two - 2 * x @ v) < 1e-8
+
+
+# -- statistics, gathers and layout: behaviour the table does not reach ------------------
+
+def test_argmax_first_occurrence_and_nan() -> None:
+    """numpy's rules: ties go to the first occurrence; a NaN is the extreme (its first)."""
+    g = gc.Graph(dtype="float64")
+    x = g.input("x", (4, 4))
+    data = np.array([[1.0, 3.0, 3.0, 0.0], [2.0, np.nan, 5.0, np.nan],
+                     [-1.0, -1.0, -1.0, -1.0], [0.0, -2.0, 4.0, -2.0]])
+    outs = gc.evaluate([gc.argmax(x, 1), gc.argmin(x, 1), gc.argmax(x), gc.argmin(x, 0)],
+                       {"x": data})
+    with np.errstate(invalid="ignore"):
+        expected = [np.argmax(data, 1), np.argmin(data, 1), np.argmax(data),
+                    np.argmin(data, 0)]
+    for got, want in zip(outs, expected):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(outs[0], [1, 1, 0, 2])
+    np.testing.assert_array_equal(outs[1], [3, 1, 0, 1])
+
+
+def test_cumsum_gradient_is_the_reverse_running_sum() -> None:
+    g = gc.Graph(dtype="float64")
+    x = g.input("x", (2, 4))
+    w = np.array([[1.0, 2.0, 3.0, 4.0], [0.5, 0.0, -1.0, 2.0]])
+    (gx,) = gc.evaluate(gc.grad(gc.sum(gc.cumsum(x, 1) * g.const(w)), [x]),
+                        {"x": np.zeros((2, 4))})
+    np.testing.assert_array_equal(gx, [[10.0, 9.0, 7.0, 4.0], [1.5, 1.0, 1.0, 2.0]])
+
+
+def test_take_along_axis_gradient_accumulates_repeats() -> None:
+    g = gc.Graph(dtype="float64")
+    x = g.input("x", (2, 3))
+    i = g.input("i", (2, 4), dtype="int64")
+    (gx,) = gc.evaluate(gc.grad(gc.sum(gc.take_along_axis(x, i, 1)), [x]),
+                        {"x": np.zeros((2, 3)), "i": [[2, 2, -1, 0], [1, 1, 1, 1]]})
+    np.testing.assert_array_equal(gx, [[1.0, 0.0, 3.0], [0.0, 4.0, 0.0]])
+
+
+def test_take_along_axis_index_out_of_range() -> None:
+    g = gc.Graph(dtype="float64")
+    x, i = g.input("x", (2, 3)), g.input("i", (2, 1), dtype="int64")
+    out = gc.take_along_axis(x, i, 1)
+    feeds = {"x": np.zeros((2, 3)), "i": np.array([[0], [3]])}
+    with pytest.raises(gc.GraphError, match=r"take_along_axis.*index out of range"):
+        gc.evaluate(out, feeds)
+    with pytest.raises(IndexError, match=r"take_along_axis .* out of range"):
+        gc.compile([out])(**feeds)
+
+
+def test_var_of_a_constant_row_and_ddof() -> None:
+    """ddof=1 divides by n - 1 (PyTorch's default); a constant row has variance 0."""
+    g = gc.Graph(dtype="float64")
+    x = g.input("x", (2, 3))
+    data = np.array([[2.0, 2.0, 2.0], [1.0, 2.0, 6.0]])
+    v0, v1 = gc.evaluate([gc.var(x, axis=1), gc.var(x, axis=1, ddof=1)], {"x": data})
+    np.testing.assert_allclose(v0, [0.0, 14.0 / 3.0], rtol=1e-15)
+    np.testing.assert_allclose(v1, [0.0, 7.0], rtol=1e-15)
+
+
+@pytest.mark.parametrize(("build", "message"), [
+    (lambda x, i: gc.take_along_axis(x, i[0], 1), "same number|as many dimensions"),
+    (lambda x, i: gc.take_along_axis(x, x, 1), "integers"),
+    (lambda x, i: gc.pad(x, ((1, 1),) * 3), "pad_width"),
+    (lambda x, i: gc.pad(x, -1), "non-negative"),
+    (lambda x, i: gc.pad(x, 1, mode="median"), "mode 'median'"),
+    (lambda x, i: gc.pad(x, ((1, 0), (0, 0))), "run-time size"),
+    (lambda x, i: gc.tril(gc.sum(x)), "at least 1 dimension"),
+    (lambda x, i: gc.triu(x.T), "known when the graph is built"),
+    (lambda x, i: gc.argmax(x, axis=(0, 1)), "axis must be an int"),
+    (lambda x, i: gc.argmin(x, axis=2), "out of range"),
+    (lambda x, i: gc.cumsum(x, 5), "out of range"),
+    (lambda x, i: gc.var(i), "floating-point"),
+    (lambda x, i: gc.arange("graph", 3), "needs a Graph or a Value"),
+    (lambda x, i: gc.arange(x, 0, 3, 0), "arange"),
+])
+def test_structural_ops_report_bad_arguments(build, message: str) -> None:
+    """Each names the op, what is wrong, and the user's line."""
+    g = gc.Graph(dtype="float64")
+    x, i = g.input("x", (None, 4)), g.input("i", (None, 2), dtype="int64")
+    with pytest.raises(gc.GraphError, match=message) as info:
+        build(x, i)
+    assert "test_ops.py" in str(info.value)
+
+
+def test_run_time_batch_paths_equal_the_static_ones() -> None:
+    """take_along_axis broadcasting over a run-time axis and constant padding next to one
+    take other routes (a `where` broadcast, a gathered fill row) than with fixed sizes:
+    values and gradients must be the same."""
+    rng = np.random.default_rng(9)
+    data = {"x": rng.standard_normal((3, 4, 5)), "i": rng.integers(-5, 5, (3, 1, 2))}
+    weights = rng.standard_normal((1, 4, 2))
+    results = []
+    for batch in (3, None):
+        g = gc.Graph(dtype="float64")
+        x = g.input("x", (batch, 4, 5))
+        i = g.input("i", (batch, 1, 2), dtype="int64")
+        picked = gc.take_along_axis(x, i, 2)
+        padded = gc.pad(x, ((0, 0), (2, 1), (0, 1)), constant_values=1.5)
+        f = gc.sum(picked * g.const(weights)) + gc.sum(padded * padded)
+        results.append(gc.evaluate([picked, padded, *gc.grad(f, [x])], data))
+    for static, dynamic in zip(*results):
+        np.testing.assert_array_equal(static, dynamic)

@@ -288,3 +288,33 @@ def test_op_table_in_shards_matches_the_interpreter(monkeypatch: pytest.MonkeyPa
                 for what, got, want in entries
                 if (problem := op_table._mismatch(got, want, "float64", f"{name} {what}"))]
     assert not problems, "\n".join(problems)
+
+
+def test_structural_ops_along_an_inner_axis_split_over_the_batch(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """cumsum, take_along_axis (and its scatter-add gradient), argmax, pad, var along axis
+    1 work row by row: the step shards (the parallel step's own kernels for them run) and
+    matches the interpreter, with an uneven split."""
+    monkeypatch.setattr(sharding_pass, "MAX_REGION_ARRAYS", 1 << 20)
+    g = gc.Graph("structure_rows", dtype="float64")
+    x = g.input("x", (None, 5))
+    i = g.input("i", (None, 3), dtype="int64")
+    picked = gc.take_along_axis(gc.cumsum(x * x, 1), i, 1)
+    padded = gc.pad(x, ((0, 0), (2, 1)), mode="reflect") + gc.pad(x, ((0, 0), (1, 2)))
+    loss = gc.sum(picked * picked) + gc.sum(gc.var(padded, axis=1)) + gc.sum(
+        gc.cast(gc.argmax(x, 1), "float64"))
+    outs = [loss, gc.argmax(x, 1), *gc.grad(loss, [x])]
+    program = optimize(optimize(build_program(outs, None, [], {}), PIPELINE), SCHEDULE)
+    assert program.shards.enabled, program.shards.reason
+    rng = np.random.default_rng(3)
+    assert_matches_interpreter(outs, {"x": rng.standard_normal((7, 5)),
+                                      "i": rng.integers(-5, 5, (7, 3))})
+
+
+def test_a_running_sum_over_the_batch_axis_runs_serially() -> None:
+    g = gc.Graph("cumsum_batch", dtype="float64")
+    x = g.input("x", (None, 3))
+    out = gc.sum(gc.cumsum(x, 0) * x)
+    program = optimize(optimize(build_program([out], None, [], {}), PIPELINE), SCHEDULE)
+    assert not program.shards.enabled and "cumsum" in program.shards.reason
+    assert_matches_interpreter([out], {"x": np.random.default_rng(2).standard_normal((5, 3))})

@@ -39,9 +39,11 @@ from graphc.ops.elementwise import (
     tanh,
     where,
 )
+from graphc.ops.layout import arange, pad, tril, triu
 from graphc.ops.linalg import matmul
 from graphc.ops.conv import (
     avg_pool2d,
+    conv1d,
     conv2d,
     conv2d_grad_input,
     conv2d_grad_weight,
@@ -60,6 +62,8 @@ from graphc.ops.nnfuncs import (
     softmax_cross_entropy,
 )
 from graphc.ops.reduce import count, max, mean, min, sum
+from graphc.ops.scan import cumsum
+from graphc.ops.statistics import argmax, argmin, std, var
 from graphc.ops.registry import OPS, OpDef, defop, make
 from graphc.ops.views import (
     broadcast_like,
@@ -73,6 +77,7 @@ from graphc.ops.views import (
     stack,
     swapaxes,
     take,
+    take_along_axis,
     transpose,
     zeros_like,
 )
@@ -86,9 +91,12 @@ __all__ = [
     "square", "squeeze", "stack", "stop_gradient", "sub", "sum", "swapaxes", "take", "tanh",
     "transpose", "where", "zeros_like",
     # convolution, pooling, training/inference views, dropout masks
-    "avg_pool2d", "conv2d", "conv2d_grad_input", "conv2d_grad_weight", "keep_mask",
+    "avg_pool2d", "conv1d", "conv2d", "conv2d_grad_input", "conv2d_grad_weight", "keep_mask",
     "max_pool2d", "mode_select",
     # math, comparisons and losses
     "binary_cross_entropy_with_logits", "clip", "cos", "elu", "expm1", "greater_equal",
     "less_equal", "log1p", "not_equal", "silu", "sin", "softplus",
+    # statistics, running sums, gathers along an axis, layout
+    "arange", "argmax", "argmin", "cumsum", "pad", "std", "take_along_axis", "tril", "triu",
+    "var",
 ]

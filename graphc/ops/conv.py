@@ -10,9 +10,10 @@ other two, so every order of `gc.grad` works:
 
 Max pooling routes gradients to each window's first maximum (PyTorch's choice);
 max_pool2d_grad (scatter to the argmax) and max_pool2d_gather (read at the argmax) are each
-other's adjoints in their first operand. Average pooling and its gradient likewise. Windows
-never leave the input (no padding for pooling); the batch axis may be a run-time size, the
-others must be fixed.
+other's adjoints in their first operand. Average pooling and its gradient likewise. The
+primitives' windows never leave their input: pooling with padding, dilated and grouped
+convolutions and conv1d are composites of these (pad, a zero-spread weight, channel
+slices). The batch axis may be a run-time size, the others must be fixed.
 """
 
 from __future__ import annotations
@@ -273,11 +274,77 @@ defop("avg_pool2d_grad", "call", _avg_grad_infer, avg_pool2d_grad_ref, arity=1,
 # -- public functions ----------------------------------------------------------------------
 
 
-def conv2d(x: Value, w: Value, stride: Any = 1, padding: Any = 0) -> Value:
-    """2-D cross-correlation of `x` (N, C, H, W) with `w` (O, C, kh, kw), zero `padding` on
-    both sides of H and W, as torch.nn.functional.conv2d (no bias, no groups/dilation)."""
-    return make("conv2d", [x, w], stride=_pair(stride, "conv2d: stride", 1),
-                padding=_pair(padding, "conv2d: padding", 0))
+def conv2d(x: Value, w: Value, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
+           groups: int = 1) -> Value:
+    """2-D cross-correlation of `x` (N, C, H, W) with `w` (O, C // groups, kh, kw), zero
+    `padding` on both sides of H and W, as torch.nn.functional.conv2d (no bias).
+
+    `dilation` spaces the kernel's taps: the weight is spread out with zeros (a scatter
+    whose gradient is the slice back), so the work grows with the dilated kernel's area.
+    `groups` splits the channels: output group k (O // groups channels) sees input group k
+    (C // groups channels), one convolution per group."""
+    stride = _pair(stride, "conv2d: stride", 1)
+    padding = _pair(padding, "conv2d: padding", 0)
+    dilation = _pair(dilation, "conv2d: dilation", 1)
+    if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool) or groups < 1:
+        raise GraphError(f"conv2d: groups must be an int >= 1, got {groups!r}\n"
+                         f"  at {user_location()}")
+    if dilation != (1, 1):
+        w = _dilate(w, dilation)
+    if groups == 1:
+        return make("conv2d", [x, w], stride=stride, padding=padding)
+    return _grouped(x, w, int(groups), stride, padding)
+
+
+def _dilate(w: Value, dilation: tuple) -> Value:
+    """w (O, C, kh, kw) with dilation - 1 zeros between neighbouring taps."""
+    from graphc.ops.views import broadcast_to
+
+    if w.ndim != 4 or None in w.shape:
+        raise GraphError(f"conv2d: a dilated weight must be 4-D with fixed sizes, got "
+                         f"{format_shape(w.shape)}\n  at {user_location()}")
+    o, c, kh, kw = w.shape
+    spread = (o, c, (kh - 1) * dilation[0] + 1, (kw - 1) * dilation[1] + 1)
+    zeros = broadcast_to(w.graph.const(0, dtype=w.dtype), spread)
+    index = ((None, None, 1), (None, None, 1), (0, None, dilation[0]), (0, None, dilation[1]))
+    return make("slice_grad", [w, zeros], index=index)
+
+
+def _grouped(x: Value, w: Value, groups: int, stride: tuple, padding: tuple) -> Value:
+    from graphc.ops.registry import describe_operands
+    from graphc.ops.views import concat
+
+    if x.ndim != 4 or w.ndim != 4 or x.shape[1] is None or w.shape[0] is None \
+            or x.shape[1] != w.shape[1] * groups or w.shape[0] % groups:
+        per_group = w.shape[1] if w.ndim == 4 else None
+        need = "?" if per_group is None else groups * per_group
+        raise GraphError(f"conv2d: with groups={groups} the input needs {groups} * "
+                         f"{per_group} = {need} channels and the weight's output channels "
+                         f"must divide by {groups}\n"
+                         f"  operands: {describe_operands([x, w])}\n  at {user_location()}")
+    ci, co = w.shape[1], w.shape[0] // groups
+    return concat([make("conv2d", [x[:, k * ci:(k + 1) * ci], w[k * co:(k + 1) * co]],
+                        stride=stride, padding=padding) for k in range(groups)], axis=1)
+
+
+def conv1d(x: Value, w: Value, stride: int = 1, padding: int = 0, dilation: int = 1,
+           groups: int = 1) -> Value:
+    """1-D cross-correlation of `x` (N, C, L) with `w` (O, C // groups, k), as
+    torch.nn.functional.conv1d (no bias): conv2d over a height of 1."""
+    from graphc.ops.views import expand_dims, squeeze
+
+    for value, what, low in ((stride, "stride", 1), (padding, "padding", 0),
+                             (dilation, "dilation", 1)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+            raise GraphError(f"conv1d: {what} must be an int >= {low}, got {value!r}\n"
+                             f"  at {user_location()}")
+    if x.ndim != 3 or w.ndim != 3:
+        raise GraphError(f"conv1d: needs x (N, C, L) and w (O, C, k), got "
+                         f"{format_shape(x.shape)} and {format_shape(w.shape)}\n"
+                         f"  at {user_location()}")
+    out = conv2d(expand_dims(x, 2), expand_dims(w, 2), (1, stride), (0, padding),
+                 (1, dilation), groups)
+    return squeeze(out, 2)
 
 
 def conv2d_grad_input(g: Value, w: Value, stride: Any, padding: Any, input_hw: Any) -> Value:
@@ -301,16 +368,40 @@ def _pool_args(op: str, kernel_size: Any, stride: Any) -> dict:
             "stride": kernel if stride is None else _pair(stride, f"{op}: stride", 1)}
 
 
-def max_pool2d(x: Value, kernel_size: Any, stride: Any = None) -> Value:
+def _pool_padded(op: str, x: Value, kernel: tuple, padding: Any, fill: float) -> Value:
+    """x with `padding` entries of `fill` on both sides of H and W (at most half the
+    window, as PyTorch requires, so every window holds an entry of x)."""
+    from graphc.ops.layout import pad
+
+    ph, pw = _pair(padding, f"{op}: padding", 0)
+    if 2 * ph > kernel[0] or 2 * pw > kernel[1]:
+        raise GraphError(f"{op}: padding {(ph, pw)} must be at most half the window "
+                         f"{kernel}\n  at {user_location()}")
+    if (ph, pw) == (0, 0):
+        return x
+    if x.ndim != 4:
+        raise GraphError(f"{op}: input must be 4-D (N, C, H, W), got "
+                         f"{format_shape(x.shape)}\n  at {user_location()}")
+    return pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=fill)
+
+
+def max_pool2d(x: Value, kernel_size: Any, stride: Any = None, padding: Any = 0) -> Value:
     """Maximum over `kernel_size` windows of `x` (N, C, H, W), `stride` defaulting to the
-    window size; the gradient goes to each window's first maximum."""
-    return make("max_pool2d", [x], **_pool_args("max_pool2d", kernel_size, stride))
+    window size, `padding` (-inf, so never the maximum) on both sides of H and W; the
+    gradient goes to each window's first maximum."""
+    args = _pool_args("max_pool2d", kernel_size, stride)
+    x = _pool_padded("max_pool2d", x, args["kernel"], padding, -np.inf)
+    return make("max_pool2d", [x], **args)
 
 
-def avg_pool2d(x: Value, kernel_size: Any, stride: Any = None) -> Value:
+def avg_pool2d(x: Value, kernel_size: Any, stride: Any = None, padding: Any = 0) -> Value:
     """Mean over `kernel_size` windows of `x` (N, C, H, W), `stride` defaulting to the
-    window size."""
-    return make("avg_pool2d", [x], **_pool_args("avg_pool2d", kernel_size, stride))
+    window size; `padding` zeros on both sides of H and W count in the mean (PyTorch's
+    default, count_include_pad=True)."""
+    args = _pool_args("avg_pool2d", kernel_size, stride)
+    x = _pool_padded("avg_pool2d", x, args["kernel"], padding, 0.0)
+    return make("avg_pool2d", [x], **args)
 
 
-__all__ = ["avg_pool2d", "conv2d", "conv2d_grad_input", "conv2d_grad_weight", "max_pool2d"]
+__all__ = ["avg_pool2d", "conv1d", "conv2d", "conv2d_grad_input", "conv2d_grad_weight",
+           "max_pool2d"]

@@ -17,7 +17,8 @@ from graphc.ir import Graph, Shape, Value, format_shape
 #   reduce       reduction over `axes` (attrs: axes, keepdims)
 #   matmul       batched matrix product, run by BLAS
 #   view         data movement only (reshape, transpose, broadcast, slice, concat, ...)
-#   index        gathers and scatters (take, take_grad, slice_grad)
+#   index        gathers, scatters and running sums (take, take_grad, slice_grad, cumsum,
+#                take_along_axis, take_along_axis_grad)
 #   leaf         input, param, const
 #   call         a hand-written library kernel (`kernel`, "module:function") the step calls
 #                as fn(*operands, out, *attrs named in `kernel_attrs`, tuples flattened)

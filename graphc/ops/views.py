@@ -389,3 +389,111 @@ def take(x: Value, indices: Value, axis: int = 0) -> Value:
         indices = x.graph.const(np.asarray(indices, dtype=np.int64))
     (ax,) = normalize_axes(axis, x.ndim, "take", [x, indices])
     return make("take", [x, indices], axis=ax)
+
+
+# -- gathers along an axis (numpy's take_along_axis) ------------------------------------
+
+_INDEX_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32")
+
+
+def _along_infer(nodes: list[Node], axis: int) -> tuple:
+    """x and indices of the same rank and the same sizes off `axis` (the public function
+    broadcasts them); the result has the indices' shape."""
+    x, idx = nodes[0], nodes[1]
+    if idx.dtype not in _INDEX_DTYPES:
+        raise InferError(f"indices must be integers, got {idx.dtype}")
+    if len(idx.shape) != len(x.shape):
+        raise InferError(f"indices have {len(idx.shape)} dimensions, the value "
+                         f"{len(x.shape)}; they must have the same number")
+    for k, (a, b) in enumerate(zip(x.shape, idx.shape)):
+        if k != axis and a is not None and b is not None and a != b:
+            raise InferError(f"sizes differ on axis {k}: {format_shape(x.shape)} and "
+                             f"{format_shape(idx.shape)}")
+    return idx.shape, x.dtype
+
+
+def _along_positions(idx: np.ndarray, axis: int, n: int) -> tuple:
+    """Index arrays addressing, for every entry of `idx`, the element it picks."""
+    picked = np.where(idx < 0, idx + n, idx).astype(np.int64)
+    if picked.size and (picked.min() < 0 or picked.max() >= n):
+        raise IndexError(f"take_along_axis: index out of range for axis {axis} of size {n}")
+    grids = list(np.indices(idx.shape, sparse=True))
+    grids[axis] = picked
+    return tuple(grids)
+
+
+def _along_ref(x: np.ndarray, idx: np.ndarray, axis: int) -> np.ndarray:
+    return x[_along_positions(idx, axis, x.shape[axis])]
+
+
+def _along_grad_ref(g: np.ndarray, idx: np.ndarray, ref: np.ndarray, axis: int) -> np.ndarray:
+    out = np.zeros(ref.shape, dtype=g.dtype)
+    np.add.at(out, _along_positions(idx, axis, ref.shape[axis]), g)
+    return out
+
+
+def _along_vjp(g: Value, out: Value, x: list[Value], needs: tuple, axis: int) -> tuple:
+    return (make("take_along_axis_grad", [g, x[1], x[0]], axis=axis), None)
+
+
+defop("take_along_axis", "index", _along_infer, _along_ref, vjp=_along_vjp, arity=2)
+def _along_grad_infer(nodes: list[Node], axis: int) -> tuple:
+    """(g, indices, ref): g has the indices' shape, the result ref's."""
+    _along_infer([nodes[2], nodes[1]], axis)
+    return nodes[2].shape, nodes[0].dtype
+
+
+defop("take_along_axis_grad", "index", _along_grad_infer, _along_grad_ref, arity=3,
+      vjp=lambda g, out, x, needs, axis: (make("take_along_axis", [g, x[1]], axis=axis),
+                                          None, None))
+
+
+def take_along_axis(x: Value, indices: Any, axis: int | None) -> Value:
+    """numpy's take_along_axis: out[..., j, ...] = x[..., indices[..., j, ...], ...] along
+    `axis`, the other axes broadcast (None: the flattened x, 1-D indices). Negative indices
+    count from the end; the gradient scatter-adds (repeated indices accumulate)."""
+    if not isinstance(indices, Value):
+        indices = x.graph.const(np.asarray(indices, dtype=np.int64))
+    if axis is None:
+        if indices.ndim != 1:
+            raise GraphError("take_along_axis: with axis=None the indices must be 1-D, got "
+                             f"{format_shape(indices.shape)}\n  at {user_location()}")
+        x, axis = reshape(x, (-1,)), 0
+    if indices.ndim != x.ndim:
+        raise GraphError(f"take_along_axis: indices must have as many dimensions as the value "
+                         f"({x.ndim}), got {indices.ndim}\n"
+                         f"  operands: {describe_operands([x, indices])}\n"
+                         f"  at {user_location()}")
+    (ax,) = normalize_axes(axis, x.ndim, "take_along_axis", [x, indices])
+    x, indices = _broadcast_off_axis(x, indices, ax)
+    return make("take_along_axis", [x, indices], axis=ax)
+
+
+def _broadcast_off_axis(x: Value, idx: Value, axis: int) -> tuple[Value, Value]:
+    """x and idx broadcast against each other on every axis but `axis`."""
+    off = [k for k in range(x.ndim) if k != axis]
+    if all(x.shape[k] == idx.shape[k] for k in off):
+        return x, idx
+    try:
+        common = broadcast_shapes(tuple(x.shape[k] for k in off),
+                                  tuple(idx.shape[k] for k in off))
+    except InferError as err:
+        raise GraphError(f"take_along_axis: {err}\n  operands: "
+                         f"{describe_operands([x, idx])}\n  at {user_location()}") from None
+    def target(v: Value) -> tuple:
+        dims = list(common)
+        dims.insert(axis, v.shape[axis])
+        return tuple(dims)
+
+    if None not in target(x) + target(idx):
+        return broadcast_to(x, target(x)), broadcast_to(idx, target(idx))
+    # run-time sizes: `where` with equal branches broadcasts through a condition shaped
+    # like the other operand with one entry on the axis
+    from graphc.ops.elementwise import equal, where
+
+    def first(v: Value) -> Value:
+        row = make("slice", [v], index=tuple(
+            (0, 1, 1) if k == axis else (None, None, 1) for k in range(v.ndim)))
+        return equal(row, row)
+
+    return where(first(idx), x, x), where(first(x), idx, idx)

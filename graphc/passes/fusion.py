@@ -5,7 +5,8 @@ Group kinds:
           one reduction (the root): producers fuse into the reduction that consumes them
   matmul  one matrix product (a BLAS call)
   view    reshape / transpose / slice / expand_dims / squeeze: an array view, no kernel
-  index   take, take_grad, slice_grad, concat: generated gather/scatter kernels
+  index   take, take_grad, slice_grad, concat, cumsum, take_along_axis(_grad): generated
+          gather, scatter and running-sum kernels
   shape   dim_size: computed from run-time shapes before the step runs
   call    one op run by a hand-written library kernel (conv2d, pooling and their gradients:
           OpDef.kernel), called with its operands and output buffer
@@ -34,7 +35,7 @@ def data_inputs(node: Node) -> tuple[int, ...]:
     """Operands whose values a node reads (shape-only operands excluded)."""
     if node.op in BROADCASTS or node.op == "reshape_like":
         return node.inputs[:1]
-    if node.op in ("take_grad", "slice_grad"):
+    if node.op in ("take_grad", "take_along_axis_grad", "slice_grad"):
         return node.inputs[:-1]
     if node.op == "dim_size":
         return ()

@@ -25,7 +25,8 @@ from graphc.passes.rewrite import Rewriter
 VIEWS = ("broadcast_to", "broadcast_like", "reshape", "reshape_like", "expand_dims",
          "squeeze", "transpose", "slice", "cast")
 # ops whose result is zero when their first operand is
-FIRST_LINEAR = VIEWS + ("neg", "sum", "div", "take", "take_grad", "slice_grad",
+FIRST_LINEAR = VIEWS + ("neg", "sum", "div", "take", "take_grad", "slice_grad", "cumsum",
+                        "take_along_axis", "take_along_axis_grad",
                         "conv2d_grad_input", "max_pool2d_grad", "max_pool2d_gather",
                         "avg_pool2d", "avg_pool2d_grad", "max_pool2d", "concat")
 # ops whose result is zero when either operand is

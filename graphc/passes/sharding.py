@@ -184,8 +184,8 @@ def node_status(graph: Graph, node: Node, status: dict[int, str]) -> tuple[str, 
                 return PARTIAL, "sum"
             if g == ROW and idx == GLOBAL and axis >= 1:
                 return ROW, ""
-        elif node.op == "concat":
-            if all(s == ROW for s in seen) and axis >= 1:
+        elif node.op in ("concat", "cumsum", "take_along_axis", "take_along_axis_grad"):
+            if all(s == ROW for s in seen) and axis >= 1:  # row by row off the batch axis
                 return ROW, ""
         elif node.op == "slice_grad":
             if seen[0] == ROW and _full_slice(node.attrs["index"][0]):

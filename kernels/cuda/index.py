@@ -10,6 +10,11 @@ grid-stride loops over their output, one thread per output element, and determin
   == r. Each output element is owned by one thread that walks the indices in order: no
   atomics, the same summation order as the CPU kernel, so the result does not depend on
   the launch configuration.
+- cumsum: one thread per line along the axis, summing in order (numpy's order).
+- take_along_axis: out[p] = x[p with axis -> idx[p]] (x and idx of one rank, the same
+  sizes off the axis); err[0] = 1 for an index out of range.
+- take_along_axis_grad: out[p with axis = r] = sum over u in order of g[p with axis = u]
+  where idx[p with axis = u] == r; one owner thread per output element, as take_grad.
 - copy: dst (strided) = src (strided), for materialised reshapes, concat, slice_grad and
   parameter updates that could not be written in place.
 - fill_zero: dst[:n] = 0.
@@ -17,7 +22,7 @@ grid-stride loops over their output, one thread per output element, and determin
 
 from __future__ import annotations
 
-from kernels.cuda.common import CTOR, DECORATOR, Param, product, strided, unravel
+from kernels.cuda.common import CTOR, DECORATOR, Param, horner, product, strided, unravel
 
 _LOOP = "    for t in range(cuda.grid(1), total, cuda.gridsize(1)):"
 
@@ -83,6 +88,81 @@ def take_grad_source(ref_rank: int, axis: int, idx_rank: int, dtype: str,
               "                err[0] = 1",
               "            elif v == row:",
               f"                acc += g[{strided('go', pre + inner + rest, gs)}]",
+              "        out[t] = acc"]
+    return "\n".join(lines) + "\n", params
+
+
+def cumsum_source(rank: int, axis: int, dtype: str) -> tuple[str, list[Param]]:
+    """Running sum along `axis` of a strided `rank`-D x into a dense out."""
+    names = [f"i{a}" for a in range(rank)]
+    sizes = [f"d{a}" for a in range(rank)]
+    lines_of = [n for k, n in enumerate(names) if k != axis]
+    xs = [f"xs{a}" for a in range(rank)]
+    params: list[Param] = [("int", s) for s in sizes]
+    params += [(dtype, "x"), ("int", "xo")] + [("int", s) for s in xs] + [(dtype, "out")]
+    first = [n if k != axis else "0" for k, n in enumerate(names)]
+    lines = _def(params) + [
+        f"    total = {product([s for k, s in enumerate(sizes) if k != axis])}",
+        f"    if d{axis} == 0:", "        return", _LOOP]
+    lines += unravel("t", lines_of, [s for k, s in enumerate(sizes) if k != axis], " " * 8)
+    lines += [f"        i{axis} = 0",
+              f"        acc = x[{strided('xo', names, xs)}]",
+              f"        out[{horner(first, sizes)}] = acc",
+              f"        for i{axis} in range(1, d{axis}):",
+              f"            acc += x[{strided('xo', names, xs)}]",
+              f"            out[{horner(names, sizes)}] = acc"]
+    return "\n".join(lines) + "\n", params
+
+
+def take_along_source(rank: int, axis: int, x_dtype: str,
+                      idx_dtype: str) -> tuple[str, list[Param]]:
+    """Gather along `axis`: out (dense, the indices' shape) = x at the picked entries."""
+    names = [f"i{a}" for a in range(rank)]
+    picked = ["v" if k == axis else n for k, n in enumerate(names)]
+    sizes = [f"d{a}" for a in range(rank)]
+    xs = [f"xs{a}" for a in range(rank)]
+    iss = [f"is{a}" for a in range(rank)]
+    params: list[Param] = [("int", s) for s in sizes] + [("int", "n")]
+    params += [(x_dtype, "x"), ("int", "xo")] + [("int", s) for s in xs]
+    params += [(idx_dtype, "idx"), ("int", "io")] + [("int", s) for s in iss]
+    params += [(x_dtype, "out"), ("int32", "err")]
+    lines = _def(params) + [f"    total = {product(sizes)}", _LOOP]
+    lines += unravel("t", names, sizes, " " * 8)
+    lines += [f"        v = np.int64(idx[{strided('io', names, iss)}])",
+              "        if v < 0:",
+              "            v += n",
+              "        if v < 0 or v >= n:",
+              "            err[0] = 1",
+              "            out[t] = 0",
+              "        else:",
+              f"            out[t] = x[{strided('xo', picked, xs)}]"]
+    return "\n".join(lines) + "\n", params
+
+
+def take_along_grad_source(rank: int, axis: int, dtype: str,
+                           idx_dtype: str) -> tuple[str, list[Param]]:
+    """Scatter-add along `axis` of g (the indices' shape, m long on the axis) into a dense
+    out; each output element sums its contributions in index order."""
+    names = [f"i{a}" for a in range(rank)]
+    walked = ["u" if k == axis else n for k, n in enumerate(names)]
+    sizes = [f"d{a}" for a in range(rank)]
+    gs = [f"gs{a}" for a in range(rank)]
+    iss = [f"is{a}" for a in range(rank)]
+    params: list[Param] = [("int", s) for s in sizes] + [("int", "m")]
+    params += [(dtype, "g"), ("int", "go")] + [("int", s) for s in gs]
+    params += [(idx_dtype, "idx"), ("int", "io")] + [("int", s) for s in iss]
+    params += [(dtype, "out"), ("int32", "err")]
+    lines = _def(params) + [f"    total = {product(sizes)}", f"    n = d{axis}", _LOOP]
+    lines += unravel("t", names, sizes, " " * 8)
+    lines += [f"        acc = {CTOR[dtype]}(0)",
+              "        for u in range(m):",
+              f"            v = np.int64(idx[{strided('io', walked, iss)}])",
+              "            if v < 0:",
+              "                v += n",
+              "            if v < 0 or v >= n:",
+              "                err[0] = 1",
+              f"            elif v == i{axis}:",
+              f"                acc += g[{strided('go', walked, gs)}]",
               "        out[t] = acc"]
     return "\n".join(lines) + "\n", params
 

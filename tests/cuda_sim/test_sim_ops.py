@@ -128,6 +128,28 @@ def test_convolution_and_pooling_match_the_interpreter(dtype: str) -> None:
     assert calls <= launched, sorted(calls - launched)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_grouped_dilated_conv_conv1d_and_padded_pools_match_the_interpreter(dtype: str) -> None:
+    """The composites over the convolution and pooling kernels (a zero-spread weight,
+    channel slices, padding) and their gradients."""
+    g = gc.Graph(f"cuda_conv_composites_{dtype}", seed=0, dtype=dtype)
+    x = g.input("x", (None, 4, 5, 4))
+    s = g.input("s", (None, 2, 6))
+    h = gc.nn.conv2d(x, 2, 2, padding=1, dilation=(2, 1), groups=2, name="c")
+    t = gc.nn.conv1d(s, 2, 2, stride=2, dilation=2, name="d")
+    pooled = gc.nn.max_pool2d(h, 2, stride=1, padding=1) + gc.nn.avg_pool2d(h, 2, 1, 1)
+    loss = gc.sum(pooled * pooled) + gc.sum(t * t)
+    outputs = [h, t, pooled, *gc.grad(loss, [x, s, *g.params])]
+    f = gc.compile(outputs, target="cuda")
+    rng = np.random.default_rng(6)
+    for n in (2, 1):
+        feeds = {"x": rng.standard_normal((n, 4, 5, 4)).astype(dtype),
+                 "s": rng.standard_normal((n, 2, 6)).astype(dtype)}
+        for k, (got, want) in enumerate(zip(f(**feeds), gc.evaluate(outputs, feeds))):
+            problem = _mismatch(got, want, dtype, f"output {k} (batch {n})")
+            assert problem is None, problem
+
+
 def test_every_library_op_runs_on_cuda() -> None:
     """Every primitive but the compile-time mode switch runs in the table, the convolution
     program above or (dropout_keep) test_sim_training.py's layer test."""

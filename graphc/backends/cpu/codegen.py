@@ -25,7 +25,9 @@ import numpy as np
 
 import graphc
 from graphc.backends.cpu.loops import (
+    AXIS_KERNEL_OPERANDS,
     FASTMATH,
+    axis_kernel_body,
     flat_index,
     nest,
     operand_index,
@@ -684,12 +686,19 @@ def index_kernel_source(node: Node, graph: Graph, ranks: list[int]) -> str:
 
     Both loop over the gathered shape `x.shape[:axis] + idx.shape + x.shape[axis + 1:]`
     (take's output, take_grad's incoming gradient) and differ only in the last line.
+    cumsum and take_along_axis(_grad) get the loop nests of loops.axis_kernel_body.
     """
     axis = node.attrs["axis"]
+    dtypes = [graph.nodes[i].dtype for i in data_inputs(node)]
+    title = (f"{node.op} along axis {axis}, {' '.join(dtypes)} -> {node.dtype}, ranks "
+             f"{ranks} -> {len(node.shape)}")
+    if node.op in AXIS_KERNEL_OPERANDS:
+        body = _carrays(list(AXIS_KERNEL_OPERANDS[node.op]), ranks, dtypes, node)
+        return _source("exact", title, body + axis_kernel_body(node.op, axis, len(node.shape),
+                                                                "return 2"))
     idx = graph.nodes[node.inputs[1]]
     table = graph.nodes[node.inputs[0] if node.op == "take" else node.inputs[2]]
     names = ["x", "idx"] if node.op == "take" else ["g", "idx"]
-    dtypes = [graph.nodes[i].dtype for i in data_inputs(node)]
     body, position = [], 0
     for name, rank, dtype in zip(names, ranks, dtypes):
         dims = _tuple([f"a[{position + 1 + j}]" for j in range(rank)])
@@ -718,9 +727,19 @@ def index_kernel_source(node: Node, graph: Graph, ranks: list[int]) -> str:
         body.append("    " * depth + f"for {var} in range({bound}):")
         depth += 1
     body += ["    " * depth + b for b in inner_body]
-    title = (f"{node.op} along axis {axis}, {' '.join(dtypes)} -> {node.dtype}, ranks "
-             f"{ranks} -> {len(node.shape)}")
     return _source("exact", title, body)
+
+
+def _carrays(names: list[str], ranks: list[int], dtypes: list[str], out: Node) -> list[str]:
+    """Lines binding the operands `names` and `out` from a block of per-array address and
+    sizes."""
+    lines, position = [], 0
+    for name, rank, dtype in zip(names + ["out"], ranks + [len(out.shape)],
+                                 dtypes + [out.dtype]):
+        dims = _tuple([f"a[{position + 1 + j}]" for j in range(rank)])
+        lines.append(_carray(name, str(position), dims, dtype))
+        position += 1 + rank
+    return lines
 
 
 def call_source(module: str, function: str, operands: list[tuple[str, int]],

@@ -14,7 +14,15 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from graphc.backends.cpu.loops import FASTMATH, flat_index, nest, operand_index, reduction_loops
+from graphc.backends.cpu.loops import (
+    AXIS_KERNEL_OPERANDS,
+    FASTMATH,
+    axis_kernel_body,
+    flat_index,
+    nest,
+    operand_index,
+    reduction_loops,
+)
 from graphc.codegen.cache import CacheStats, write_module
 from graphc.codegen.common import (
     Kernel,
@@ -621,8 +629,16 @@ def index_kernel_source(node: Node, graph: Graph) -> str:
 
     Both loop over the gathered shape `x.shape[:axis] + idx.shape + x.shape[axis + 1:]`
     (take's output, take_grad's incoming gradient) and differ only in the last line.
+    cumsum and take_along_axis(_grad) get the loop nests of loops.axis_kernel_body.
     """
     axis = node.attrs["axis"]
+    header = f"# graphc kernel: {node.op} along axis {axis}\n"
+    if node.op in AXIS_KERNEL_OPERANDS:
+        params = ", ".join(AXIS_KERNEL_OPERANDS[node.op] + ("out",))
+        body = axis_kernel_body(node.op, axis, len(node.shape),
+                                f"raise IndexError('{node.op}: index out of range')")
+        lines = [KERNEL_DECORATOR, f"def kernel({params}):"] + ["    " + b for b in body]
+        return header + KERNEL_PRELUDE + "\n\n" + "\n".join(lines) + "\n"
     idx = graph.nodes[node.inputs[1]]
     table = graph.nodes[node.inputs[0] if node.op == "take" else node.inputs[2]]
     outer = [f"p{a}" for a in range(axis)]
@@ -647,7 +663,6 @@ def index_kernel_source(node: Node, graph: Graph) -> str:
         lines.append("    " * depth + f"for {var} in range({bound}):")
         depth += 1
     lines += ["    " * depth + b for b in body]
-    header = f"# graphc kernel: {node.op} along axis {axis}\n"
     return header + KERNEL_PRELUDE + "\n\n" + "\n".join(lines) + "\n"
 
 

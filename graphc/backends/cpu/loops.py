@@ -98,3 +98,42 @@ def reduction_loops(op: str, dtype: str, axes: list[int], rank: int, body: list[
     lines += nest(rank, range(rank), body + [
         f"{out}[{out_index}] = {combine(op, f'{out}[{out_index}]', value)}"], depth)
     return lines
+
+
+#: Index ops along one axis whose loop nests `axis_kernel_body` writes, and the names of
+#: their value operands (the output is `out`).
+AXIS_KERNEL_OPERANDS = {"cumsum": ("x",), "take_along_axis": ("x", "idx"),
+                        "take_along_axis_grad": ("g", "idx")}
+
+
+def axis_kernel_body(op: str, axis: int, rank: int, error: str) -> list[str]:
+    """Loop nest of a running sum or a gather/scatter-add along `axis` over C-contiguous
+    `rank`-D arrays named as in AXIS_KERNEL_OPERANDS and `out`; `error` is the statement an
+    index out of range runs.
+
+    cumsum                out[.., i, ..] = out[.., i - 1, ..] + x[.., i, ..] (numpy's order)
+    take_along_axis       out[p] = x[p with axis -> idx[p]]
+    take_along_axis_grad  out = 0; out[p with axis -> idx[p]] += g[p], p in C order
+    """
+    here = [f"i{k}" for k in range(rank)]
+    at = ", ".join(here)
+    picked = ", ".join("t" if k == axis else f"i{k}" for k in range(rank))
+    if op == "cumsum":
+        prev = ", ".join(f"i{k} - 1" if k == axis else f"i{k}" for k in range(rank))
+        body = [f"if i{axis} == 0:", f"    out[{at}] = x[{at}]", "else:",
+                f"    out[{at}] = out[{prev}] + x[{at}]"]
+        return _loops("out", rank, body)
+    wrap = [f"t = idx[{at}]", "if t < 0:", "    t += n", "if t < 0 or t >= n:",
+            "    " + error]
+    if op == "take_along_axis":
+        return [f"n = x.shape[{axis}]"] + _loops("out", rank, wrap + [
+            f"out[{at}] = x[{picked}]"])
+    if op == "take_along_axis_grad":
+        return [f"n = out.shape[{axis}]", "out[...] = 0"] + _loops("g", rank, wrap + [
+            f"out[{picked}] += g[{at}]"])
+    raise NotImplementedError(f"no CPU code for the index op {op!r}")
+
+
+def _loops(driver: str, rank: int, body: list[str]) -> list[str]:
+    lines = ["    " * k + f"for i{k} in range({driver}.shape[{k}]):" for k in range(rank)]
+    return lines + ["    " * rank + b for b in body]

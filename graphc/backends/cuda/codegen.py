@@ -17,7 +17,8 @@ Groups:
            and a thread-per-output kernel for short rows (kernels/cuda/reduce.py).
   matmul   the tiled shared-memory kernel of kernels/cuda/linalg.py, operands by strides.
   view     no kernel; a reshape of a strided value is copied (the CPU's ascontiguousarray).
-  index    take / take_grad / concat / slice_grad: kernels/cuda/index.py.
+  index    take / take_grad / concat / slice_grad / cumsum / take_along_axis(_grad):
+           kernels/cuda/index.py.
   call     convolution and pooling (and their gradients): kernels/cuda/conv.py.
   shape    dim sizes, computed on the host per feed shape.
 
@@ -51,7 +52,15 @@ from kernels.cuda.common import (
     strided,
     unravel,
 )
-from kernels.cuda.index import copy_source, fill_zero_source, take_grad_source, take_source
+from kernels.cuda.index import (
+    copy_source,
+    cumsum_source,
+    fill_zero_source,
+    take_along_grad_source,
+    take_along_source,
+    take_grad_source,
+    take_source,
+)
 from kernels.cuda.linalg import matmul_source
 from kernels.cuda.reduce import reduction_source
 
@@ -215,7 +224,7 @@ class Dim:
 
 @dataclass
 class Index:
-    kind: str                  # take, take_grad, concat, slice_grad
+    kind: str                  # the index op: take, take_grad, concat, slice_grad, ...
     kernel: CudaKernel
     node: int
     fill: CudaKernel | None = None
@@ -449,6 +458,17 @@ class CudaStepWriter:
                 len(ref.shape), node.attrs["axis"], len(idx.shape), g.dtype, idx.dtype),
                 node=node.id)
             self.instructions.append(Index("take_grad", kernel, node.id))
+        elif node.op == "cumsum":
+            kernel = self.helper("cumsum", *cumsum_source(len(node.shape), node.attrs["axis"],
+                                                          node.dtype), node=node.id)
+            self.instructions.append(Index("cumsum", kernel, node.id))
+        elif node.op in ("take_along_axis", "take_along_axis_grad"):
+            source = (take_along_source if node.op == "take_along_axis"
+                      else take_along_grad_source)
+            operand, idx = (self.graph.nodes[i] for i in node.inputs[:2])
+            kernel = self.helper(node.op, *source(len(node.shape), node.attrs["axis"],
+                                                  operand.dtype, idx.dtype), node=node.id)
+            self.instructions.append(Index(node.op, kernel, node.id))
         else:
             raise GraphError(f"no CUDA code for index op {node.op}")
         for i in data_inputs(node):

@@ -239,6 +239,10 @@ class _Plan:
     launched: list[str]        # what each launch is, in order (for tests and debugging)
 
 
+#: Index instructions that report an index out of range through the error flag.
+GATHERS = ("take", "take_grad", "take_along_axis", "take_along_axis_grad")
+
+
 def _blocks(work: int, threads: int, config: LaunchConfig) -> int:
     return max(1, min(math.ceil(work / threads), config.max_blocks))
 
@@ -280,7 +284,7 @@ class CudaCompiledFunction(CompiledFunction):
             self._hyper_names.setdefault(arr.dtype.name, []).append(name)
         self._hyper_bufs = {dt: _cuda().to_device(np.zeros(len(names), dtype=dt))
                             for dt, names in self._hyper_names.items()}
-        self._takes = any(isinstance(i, Index) and i.kind in ("take", "take_grad")
+        self._takes = any(isinstance(i, Index) and i.kind in GATHERS
                           for i in self._instructions)
         self._err = _cuda().to_device(np.zeros(1, dtype=np.int32))
         self._updated = [("param" if name in program.param_values else "state", name)
@@ -370,7 +374,7 @@ class CudaCompiledFunction(CompiledFunction):
 
     def _check_indices(self) -> None:
         if self._takes and self._err.copy_to_host()[0]:
-            raise IndexError("take: index out of range")
+            raise IndexError("take / take_along_axis: index out of range")
 
     def _non_finite(self, arrays: dict[str, np.ndarray], outs: tuple) -> Any:
         self.sync_to_host()  # the interpreter names the first bad node from host values
@@ -617,6 +621,17 @@ class CudaCompiledFunction(CompiledFunction):
             args = [*out.shape, *idx.shape, g.buf, g.offset, *g.strides,
                     idx.buf, idx.offset, *idx.strides, out.buf, self._err]
             launch(instr.kernel, "kernel", blocks, config.threads, args, "take_grad")
+        elif instr.kind == "cumsum":
+            x = layout(node.inputs[0])
+            lines = total // max(out.shape[axis], 1)
+            launch(instr.kernel, "kernel", _blocks(lines, config.threads, config),
+                   config.threads, [*out.shape, x.buf, x.offset, *x.strides, out.buf], "cumsum")
+        elif instr.kind in ("take_along_axis", "take_along_axis_grad"):
+            operand, idx = (layout(i) for i in node.inputs[:2])
+            along = operand.shape[axis] if instr.kind == "take_along_axis" else idx.shape[axis]
+            args = [*out.shape, along, operand.buf, operand.offset, *operand.strides,
+                    idx.buf, idx.offset, *idx.strides, out.buf, self._err]
+            launch(instr.kernel, "kernel", blocks, config.threads, args, instr.kind)
         elif instr.kind == "concat":
             start = 0
             for i in node.inputs:
