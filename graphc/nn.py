@@ -335,12 +335,13 @@ def dropout(x: Value, rate: float, seed: int | None = None, training: bool | Non
     return out
 
 
-def embedding(ids: Value, num: int, dim: int, name: str | None = None,
+def embedding(ids: Value, num: int, dim: int, name: str | None = None, std: float = 1.0,
               share: bool = False) -> Value:
-    """Rows of the table `name.w` (num, dim), initialised N(0, 1) like torch.nn.Embedding,
-    gathered at the integer `ids` (any shape): the result is ids.shape + (dim,). The gradient
-    is a scatter-add, so repeated ids accumulate. `share=True` reuses an earlier table of
-    the same `name` (e.g. one vocabulary for two inputs)."""
+    """Rows of the table `name.w` (num, dim), initialised N(0, std**2) (std 1 like
+    torch.nn.Embedding), gathered at the integer `ids` (any shape): the result is
+    ids.shape + (dim,). The gradient is a scatter-add, so repeated ids accumulate.
+    `share=True` reuses an earlier table of the same `name` (e.g. one vocabulary for two
+    inputs)."""
     from graphc.ops import take
 
     if is_float(ids.dtype) or ids.dtype == "bool":
@@ -349,7 +350,7 @@ def embedding(ids: Value, num: int, dim: int, name: str | None = None,
     graph = ids.graph
     prefix = _prefix(ids, name, "embedding", share)
     table = _parameter(ids, f"{prefix}.w", (num, dim), graph.dtype,
-                       lambda: graph.rng.normal(0.0, 1.0, size=(num, dim)), share, "embedding")
+                       lambda: graph.rng.normal(0.0, std, size=(num, dim)), share, "embedding")
     return take(table, ids, axis=0)
 
 
