@@ -11,8 +11,9 @@ in place; the interpreter reads them as they are.
 Parameter reuse: a layer called with `share=True` and the `name` of an earlier call uses
 that call's parameters (`name.w`, ...) instead of creating new ones, so one set of weights
 can serve several places (an RNN cell at every step, a block repeated); their gradient is
-the sum over every use. Without `share=True` a reused name is an error. `embedding_logits`
-ties an output projection to an embedding table.
+the sum over every use. Without `share=True` a reused name is an error. The layers with
+parameters only take `share` (not `batch_norm`: its running statistics follow one use).
+`embedding_logits` ties an output projection to an embedding table.
 """
 
 from __future__ import annotations
@@ -79,9 +80,9 @@ def _parameter(x: Value, name: str, shape: Sequence[int], dtype: str,
         return graph.param(name, initial(), dtype=dtype)
     existing = graph[name]
     if not share:
-        raise GraphError(f"{layer}: parameter {name!r} already exists (declared at "
-                         f"{existing.node.where}); pass share=True to reuse it, or choose "
-                         f"another name\n  at {user_location()}")
+        raise GraphError(f"{layer}: parameter {name!r}: the name is already used by the "
+                         f"param declared at {existing.node.where}; pass share=True to reuse "
+                         f"it, or choose another name\n  at {user_location()}")
     if existing.shape != shape or existing.dtype != dtype:
         raise GraphError(f"{layer}: cannot share parameter {name!r}: it is "
                          f"{format_shape(existing.shape)} {existing.dtype}, this use needs "
