@@ -7,50 +7,87 @@ without), so one declared model serves both. Their `training=` argument fixes th
 single layer instead (e.g. dropout at inference). The state they keep (running statistics,
 the dropout RNG step) lives in `graph.state` leaves that the compiled training step updates
 in place; the interpreter reads them as they are.
+
+Parameter reuse: a layer called with `share=True` and the `name` of an earlier call uses
+that call's parameters (`name.w`, ...) instead of creating new ones, so one set of weights
+can serve several places (an RNN cell at every step, a block repeated); their gradient is
+the sum over every use. Without `share=True` a reused name is an error. The layers with
+parameters only take `share` (not `batch_norm`: its running statistics follow one use).
+`embedding_logits` ties an output projection to an embedding table.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from graphc.errors import GraphError, user_location
-from graphc.ir import Value, is_float
+from graphc.ir import Value, canonical_dtype, format_shape, is_float
 from graphc.ops import add, matmul
 
 
 def linear(x: Value, units: int, name: str | None = None, bias: bool = True,
-           init: str = "glorot") -> Value:
+           init: str = "glorot", share: bool = False) -> Value:
     """`x @ w + b` with parameters `name.w` (in_features, units) and `name.b` (units,).
 
     `init` is "glorot" (uniform, for tanh/sigmoid/linear outputs) or "he" (normal, for ReLU),
-    drawn from the graph's seeded generator; the bias starts at zero.
+    drawn from the graph's seeded generator; the bias starts at zero. `share=True` reuses
+    the parameters of an earlier `linear` of the same `name` (see the module docstring).
     """
     fan_in = x.shape[-1]
     if fan_in is None:
         raise GraphError(f"linear: the last axis of {x.shape} must have a fixed size\n"
                          f"  at {user_location()}")
-    graph = x.graph
-    prefix = name if name is not None else graph.fresh_name("linear")
-    if init == "glorot":
-        limit = np.sqrt(6.0 / (fan_in + units))
-        w0 = graph.rng.uniform(-limit, limit, size=(fan_in, units))
-    elif init == "he":
-        w0 = graph.rng.normal(0.0, np.sqrt(2.0 / fan_in), size=(fan_in, units))
-    else:
+    if init not in ("glorot", "he"):
         raise GraphError(f"linear: init must be 'glorot' or 'he', got {init!r}\n"
                          f"  at {user_location()}")
-    w = graph.param(f"{prefix}.w", w0)
+    graph = x.graph
+    prefix = _prefix(x, name, "linear", share)
+
+    def initial() -> np.ndarray:
+        if init == "glorot":
+            limit = np.sqrt(6.0 / (fan_in + units))
+            return graph.rng.uniform(-limit, limit, size=(fan_in, units))
+        return graph.rng.normal(0.0, np.sqrt(2.0 / fan_in), size=(fan_in, units))
+
+    w = _parameter(x, f"{prefix}.w", (fan_in, units), graph.dtype, initial, share, "linear")
     out = matmul(x, w)
     if bias:
-        out = add(out, graph.param(f"{prefix}.b", np.zeros(units)))
+        b = _parameter(x, f"{prefix}.b", (units,), graph.dtype, lambda: np.zeros(units), share,
+                       "linear")
+        out = add(out, b)
     return out
 
 
-def _prefix(x: Value, name: str | None, kind: str) -> str:
-    return name if name is not None else x.graph.fresh_name(kind)
+def _prefix(x: Value, name: str | None, kind: str, share: bool = False) -> str:
+    if name is not None:
+        return name
+    if share:
+        raise GraphError(f"{kind}: share=True needs the name of the layer whose parameters "
+                         f"to reuse\n  at {user_location()}")
+    return x.graph.fresh_name(kind)
+
+
+def _parameter(x: Value, name: str, shape: Sequence[int], dtype: str,
+               initial: Callable[[], np.ndarray], share: bool, layer: str) -> Value:
+    """The parameter `name` of `x`'s graph: a new one holding `initial()`, or, with `share`,
+    the existing one (`initial` is then not called, so the generator does not advance)."""
+    graph, shape, dtype = x.graph, tuple(shape), canonical_dtype(dtype)
+    if name not in graph.param_values:
+        return graph.param(name, initial(), dtype=dtype)
+    existing = graph[name]
+    if not share:
+        raise GraphError(f"{layer}: parameter {name!r}: the name is already used by the "
+                         f"param declared at {existing.node.where}; pass share=True to reuse "
+                         f"it, or choose another name\n  at {user_location()}")
+    if existing.shape != shape or existing.dtype != dtype:
+        raise GraphError(f"{layer}: cannot share parameter {name!r}: it is "
+                         f"{format_shape(existing.shape)} {existing.dtype}, this use needs "
+                         f"{format_shape(shape)} {dtype}\n  at {user_location()}")
+    return existing
 
 
 def _fixed(x: Value, axes: Any, layer: str) -> None:
@@ -77,38 +114,39 @@ def _views(train: Value, infer: Value | None, training: bool | None) -> Value:
 
 def conv2d(x: Value, out_channels: int, kernel_size: Any, stride: Any = 1, padding: Any = 0,
            name: str | None = None, bias: bool = True, init: str = "he", dilation: Any = 1,
-           groups: int = 1) -> Value:
+           groups: int = 1, share: bool = False) -> Value:
     """2-D convolution of `x` (N, C, H, W) with parameters `name.w` (out_channels,
     C // groups, kh, kw) and `name.b` (out_channels,); `stride`, `padding` and `dilation`
     are ints or (h, w) pairs; `groups` splits the channels (torch.nn.Conv2d's meaning).
 
     `init` "he" (normal, std sqrt(2 / fan_in), for ReLU) or "glorot" (uniform); the bias
-    starts at zero.
+    starts at zero. `share=True` reuses the parameters of an earlier call named `name`.
     """
     if x.ndim != 4:
         raise GraphError(f"conv2d: expected a 4-D (N, C, H, W) input, got {x.shape}\n"
                          f"  at {user_location()}")
     _fixed(x, (1, 2, 3), "conv2d")
     return _conv_layer(x, out_channels, kernel_size, stride, padding, dilation, groups, name,
-                       bias, init, "conv2d")
+                       bias, init, "conv2d", share)
 
 
 def conv1d(x: Value, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
            name: str | None = None, bias: bool = True, init: str = "he", dilation: int = 1,
-           groups: int = 1) -> Value:
+           groups: int = 1, share: bool = False) -> Value:
     """1-D convolution of `x` (N, C, L) with parameters `name.w` (out_channels, C // groups,
-    k) and `name.b` (out_channels,), as torch.nn.Conv1d; `init` as for conv2d."""
+    k) and `name.b` (out_channels,), as torch.nn.Conv1d; `init` and `share` as for
+    conv2d."""
     if x.ndim != 3:
         raise GraphError(f"conv1d: expected a 3-D (N, C, L) input, got {x.shape}\n"
                          f"  at {user_location()}")
     _fixed(x, (1, 2), "conv1d")
     return _conv_layer(x, out_channels, kernel_size, stride, padding, dilation, groups, name,
-                       bias, init, "conv1d")
+                       bias, init, "conv1d", share)
 
 
 def _conv_layer(x: Value, out_channels: int, kernel_size: Any, stride: Any, padding: Any,
                 dilation: Any, groups: int, name: str | None, bias: bool, init: str,
-                op: str) -> Value:
+                op: str, share: bool) -> Value:
     from graphc.ops import conv, reshape
 
     if op == "conv1d":
@@ -124,22 +162,26 @@ def _conv_layer(x: Value, out_channels: int, kernel_size: Any, stride: Any, padd
         raise GraphError(f"{op}: groups={groups!r} must be an int >= 1 dividing the input's "
                          f"{channels} and the output's {out_channels} channels\n"
                          f"  at {user_location()}")
-    prefix = _prefix(x, name, "conv")
+    prefix = _prefix(x, name, "conv", share)
     fan_in = channels // groups * math.prod(taps)
     fan_out = out_channels // groups * math.prod(taps)
     shape = (out_channels, channels // groups, *taps)
-    if init == "he":
-        w0 = graph.rng.normal(0.0, math.sqrt(2.0 / fan_in), size=shape)
-    elif init == "glorot":
-        limit = math.sqrt(6.0 / (fan_in + fan_out))
-        w0 = graph.rng.uniform(-limit, limit, size=shape)
-    else:
+    if init not in ("he", "glorot"):
         raise GraphError(f"{op}: init must be 'he' or 'glorot', got {init!r}\n"
                          f"  at {user_location()}")
+
+    def initial() -> np.ndarray:
+        if init == "he":
+            return graph.rng.normal(0.0, math.sqrt(2.0 / fan_in), size=shape)
+        limit = math.sqrt(6.0 / (fan_in + fan_out))
+        return graph.rng.uniform(-limit, limit, size=shape)
+
     run = conv.conv1d if op == "conv1d" else conv.conv2d
-    out = run(x, graph.param(f"{prefix}.w", w0), stride, padding, dilation, groups)
+    w = _parameter(x, f"{prefix}.w", shape, graph.dtype, initial, share, op)
+    out = run(x, w, stride, padding, dilation, groups)
     if bias:
-        b = graph.param(f"{prefix}.b", np.zeros(out_channels))
+        b = _parameter(x, f"{prefix}.b", (out_channels,), graph.dtype,
+                       lambda: np.zeros(out_channels), share, op)
         out = add(out, reshape(b, (1, out_channels) + (1,) * len(taps)))
     return out
 
@@ -212,19 +254,95 @@ def batch_norm(x: Value, name: str | None = None, momentum: float = 0.1, eps: fl
     return out
 
 
-def layer_norm(x: Value, name: str | None = None, eps: float = 1e-5) -> Value:
-    """Normalise `x` over its last axis (mean 0, biased variance 1), then scale by
-    `name.gain` (ones) and shift by `name.bias` (zeros), both of the last axis' size."""
+def _normalized(x: Value, axes: tuple[int, ...], eps: float, center: bool = True) -> Value:
+    """`x` divided by the root of its (biased) variance over `axes` plus `eps`, after
+    subtracting the mean there (`center`); without `center`, by the root mean square."""
     from graphc.ops import mean, rsqrt, square
 
-    _fixed(x, (x.ndim - 1,), "layer_norm")
-    graph, size = x.graph, x.shape[-1]
-    prefix = _prefix(x, name, "layer_norm")
-    xc = x - mean(x, axis=-1, keepdims=True)
-    var = mean(square(xc), axis=-1, keepdims=True)
-    gain = graph.param(f"{prefix}.gain", np.ones(size), dtype=x.dtype)
-    bias = graph.param(f"{prefix}.bias", np.zeros(size), dtype=x.dtype)
-    return xc * rsqrt(var + eps) * gain + bias
+    xc = x - mean(x, axis=axes, keepdims=True) if center else x
+    return xc * rsqrt(mean(square(xc), axis=axes, keepdims=True) + eps)
+
+
+def _trailing_axes(x: Value, axes: Any, layer: str) -> tuple[int, ...]:
+    """`axes` (an int or a tuple) as non-negative axes, which must be the last ones of `x`
+    and of fixed size."""
+    from graphc.ops.registry import normalize_axes
+
+    found = normalize_axes(axes, x.ndim, layer, [x])
+    if not found or found != tuple(range(x.ndim - len(found), x.ndim)):
+        raise GraphError(f"{layer}: axes must be the last axes of {format_shape(x.shape)} "
+                         f"(e.g. -1 or (-2, -1)), got {axes!r}\n  at {user_location()}")
+    _fixed(x, found, layer)
+    return found
+
+
+def _float_input(x: Value, layer: str) -> None:
+    if not is_float(x.dtype):
+        raise GraphError(f"{layer}: expected a floating-point input, got {x.dtype}\n"
+                         f"  at {user_location()}")
+
+
+def layer_norm(x: Value, name: str | None = None, eps: float = 1e-5, axes: Any = -1,
+               share: bool = False) -> Value:
+    """Normalise `x` over `axes` (default the last one; several trailing axes like
+    torch.nn.LayerNorm's `normalized_shape`, e.g. `axes=(-2, -1)`) to mean 0 and biased
+    variance 1, then scale by `name.gain` (ones) and shift by `name.bias` (zeros), both
+    shaped like those axes."""
+    _float_input(x, "layer_norm")
+    axes = _trailing_axes(x, axes, "layer_norm")
+    shape = tuple(x.shape[a] for a in axes)
+    prefix = _prefix(x, name, "layer_norm", share)
+    gain = _parameter(x, f"{prefix}.gain", shape, x.dtype, lambda: np.ones(shape), share,
+                      "layer_norm")
+    bias = _parameter(x, f"{prefix}.bias", shape, x.dtype, lambda: np.zeros(shape), share,
+                      "layer_norm")
+    return _normalized(x, axes, eps) * gain + bias
+
+
+def rms_norm(x: Value, name: str | None = None, eps: float = 1e-6, axes: Any = -1,
+             share: bool = False) -> Value:
+    """`x / sqrt(mean(x**2 over axes) + eps) * name.gain` (root-mean-square normalisation,
+    as torch.nn.RMSNorm; no centring, no bias). `name.gain` starts at ones, shaped like
+    `axes` (default the last axis). The default `eps` is 1e-6 (flax's; PyTorch's default is
+    the dtype's machine epsilon)."""
+    _float_input(x, "rms_norm")
+    axes = _trailing_axes(x, axes, "rms_norm")
+    shape = tuple(x.shape[a] for a in axes)
+    prefix = _prefix(x, name, "rms_norm", share)
+    gain = _parameter(x, f"{prefix}.gain", shape, x.dtype, lambda: np.ones(shape), share,
+                      "rms_norm")
+    return _normalized(x, axes, eps, center=False) * gain
+
+
+def group_norm(x: Value, groups: int, name: str | None = None, eps: float = 1e-5,
+               share: bool = False) -> Value:
+    """Group normalisation of `x` (N, C, ...) as torch.nn.GroupNorm: the C channels split
+    into `groups` consecutive groups, each normalised per example over its channels and all
+    trailing axes (mean 0, biased variance 1), then a per-channel scale `name.gain` (ones)
+    and shift `name.bias` (zeros), both (C,). The statistics do not involve the batch, so
+    training and inference are the same."""
+    from graphc.ops import reshape, reshape_like
+
+    _float_input(x, "group_norm")
+    if x.ndim < 2:
+        raise GraphError(f"group_norm: expected an (N, C, ...) input, got "
+                         f"{format_shape(x.shape)}\n  at {user_location()}")
+    _fixed(x, range(1, x.ndim), "group_norm")
+    channels = x.shape[1]
+    if not isinstance(groups, (int, np.integer)) or groups < 1 or channels % groups:
+        raise GraphError(f"group_norm: groups must be a positive divisor of the {channels} "
+                         f"channels of {format_shape(x.shape)}, got {groups!r}\n"
+                         f"  at {user_location()}")
+    prefix = _prefix(x, name, "group_norm", share)
+    per_group = channels // groups * math.prod(x.shape[2:])
+    grouped = reshape(x, (-1, int(groups), per_group))
+    y = reshape_like(_normalized(grouped, (2,), eps), x)
+    bshape = (1, channels) + (1,) * (x.ndim - 2)
+    gain = _parameter(x, f"{prefix}.gain", (channels,), x.dtype, lambda: np.ones(channels),
+                      share, "group_norm")
+    bias = _parameter(x, f"{prefix}.bias", (channels,), x.dtype, lambda: np.zeros(channels),
+                      share, "group_norm")
+    return y * reshape(gain, bshape) + reshape(bias, bshape)
 
 
 def dropout(x: Value, rate: float, seed: int | None = None, training: bool | None = None,
@@ -255,16 +373,91 @@ def dropout(x: Value, rate: float, seed: int | None = None, training: bool | Non
     return out
 
 
-def embedding(ids: Value, num: int, dim: int, name: str | None = None) -> Value:
-    """Rows of the table `name.w` (num, dim), initialised N(0, 1) like torch.nn.Embedding,
-    gathered at the integer `ids` (any shape): the result is ids.shape + (dim,). The gradient
-    is a scatter-add, so repeated ids accumulate."""
+def embedding(ids: Value, num: int, dim: int, name: str | None = None, std: float = 1.0,
+              share: bool = False) -> Value:
+    """Rows of the table `name.w` (num, dim), initialised N(0, std**2) (std 1 like
+    torch.nn.Embedding), gathered at the integer `ids` (any shape): the result is
+    ids.shape + (dim,). The gradient is a scatter-add, so repeated ids accumulate.
+    `share=True` reuses an earlier table of the same `name` (e.g. one vocabulary for two
+    inputs)."""
     from graphc.ops import take
 
     if is_float(ids.dtype) or ids.dtype == "bool":
         raise GraphError(f"embedding: ids must be integers, got {ids.dtype}\n"
                          f"  at {user_location()}")
     graph = ids.graph
-    prefix = _prefix(ids, name, "embedding")
-    table = graph.param(f"{prefix}.w", graph.rng.normal(0.0, 1.0, size=(num, dim)))
+    prefix = _prefix(ids, name, "embedding", share)
+    table = _parameter(ids, f"{prefix}.w", (num, dim), graph.dtype,
+                       lambda: graph.rng.normal(0.0, std, size=(num, dim)), share, "embedding")
     return take(table, ids, axis=0)
+
+
+def embedding_logits(h: Value, name: str) -> Value:
+    """`h @ name.w.T`: scores of `h` (..., dim) against every row of the embedding table
+    `name.w` (num, dim) made by `embedding(..., name=name)`, i.e. an output projection tied
+    to the input embedding (weight tying). The table's gradient sums both uses."""
+    from graphc.ops import transpose
+
+    key = f"{name}.w"
+    if key not in h.graph.param_values:
+        raise GraphError(f"embedding_logits: the graph has no embedding table {key!r}; "
+                         f"create it first with gc.nn.embedding(ids, num, dim, "
+                         f"name={name!r})\n  at {user_location()}")
+    table = h.graph[key]
+    if table.ndim != 2 or h.shape[-1] != table.shape[1]:
+        raise GraphError(f"embedding_logits: the last axis of {format_shape(h.shape)} must "
+                         f"match the width of {key!r} {format_shape(table.shape)}\n"
+                         f"  at {user_location()}")
+    return matmul(h, transpose(table))
+
+
+def multi_head_attention(x: Value, heads: int, causal: bool = True, mask: Any = None,
+                         name: str | None = None, bias: bool = True,
+                         share: bool = False) -> Value:
+    """Multi-head scaled dot-product self-attention over `x` (B, T, D).
+
+    One fused projection `name.qkv` (D, 3D) (+ bias (3D,)) gives queries, keys and values
+    (in that order along its columns), split into `heads` heads of D / heads features;
+    per head softmax(q k^T / sqrt(D / heads)) v, the heads concatenated back to D features
+    and projected by `name.out` (D, D) (+ bias). `causal` lets position t attend only to
+    positions <= t. `mask` (a bool Value or array broadcastable to (B, heads, T, T), e.g.
+    (B, 1, 1, T) for padding) is True where a query may attend to a key, as in
+    torch.nn.functional.scaled_dot_product_attention and flax. Scores that are not allowed
+    are replaced (not added to) by the dtype's most negative finite number before the
+    softmax: their weights are exactly 0 and gradients stay finite; a query that may attend
+    to nothing gets uniform weights (flax's behaviour; PyTorch gives NaN).
+    """
+    from graphc.ops import getitem, reshape, softmax, transpose, where
+
+    _float_input(x, "multi_head_attention")
+    if x.ndim != 3:
+        raise GraphError(f"multi_head_attention: expected a (B, T, D) input, got "
+                         f"{format_shape(x.shape)}\n  at {user_location()}")
+    _fixed(x, (1, 2), "multi_head_attention")
+    _, t, d = x.shape
+    if not isinstance(heads, (int, np.integer)) or heads < 1 or d % heads:
+        raise GraphError(f"multi_head_attention: heads must be a positive divisor of the "
+                         f"width {d}, got {heads!r}\n  at {user_location()}")
+    heads = int(heads)
+    width = d // heads
+    prefix = _prefix(x, name, "attention", share)
+    qkv = linear(x, 3 * d, name=f"{prefix}.qkv", bias=bias, share=share)
+
+    def split(k: int) -> Value:   # (B, heads, T, width)
+        part = getitem(qkv, (slice(None), slice(None), slice(k * d, (k + 1) * d)))
+        return transpose(reshape(part, (-1, t, heads, width)), (0, 2, 1, 3))
+
+    q, k, v = split(0), split(1), split(2)
+    scores = matmul(q, transpose(k, (0, 1, 3, 2))) * (1.0 / math.sqrt(width))
+    lowest = x.graph.const(np.finfo(x.dtype).min, dtype=x.dtype)
+    if mask is not None:
+        allowed = mask if isinstance(mask, Value) else x.graph.const(np.asarray(mask))
+        if allowed.dtype != "bool":
+            raise GraphError(f"multi_head_attention: mask must be bool (True = may attend), "
+                             f"got {allowed.dtype}\n  at {user_location()}")
+        scores = where(allowed, scores, lowest)
+    if causal:
+        scores = where(x.graph.const(np.tril(np.ones((t, t), dtype=bool))), scores, lowest)
+    context = matmul(softmax(scores, axis=-1), v)                 # (B, heads, T, width)
+    merged = reshape(transpose(context, (0, 2, 1, 3)), (-1, t, d))
+    return linear(merged, d, name=f"{prefix}.out", bias=bias, share=share)

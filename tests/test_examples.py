@@ -70,8 +70,25 @@ def test_inspect_backward(tmp_path) -> None:
         assert "no SVG" in text
 
 
+def test_char_transformer_loss_decreases_and_it_samples() -> None:
+    """A 2-block char transformer (tied embeddings) compiles, its loss falls over 30 Adam
+    steps, and it ends with a sampled line (~6 s, most of it compiling)."""
+    lines, _ = run_example("char_transformer.py", "--blocks", "2", "--width", "32",
+                           "--steps", "30", "--sample-length", "40")
+    text = "\n".join(lines)
+    assert re.search(r"^2 blocks, width 32, 4 heads, context 32, tied output: \d+ parameters",
+                     text, flags=re.M)
+    assert len(re.findall(r"^step +\d+  loss \d+\.\d{4}", text, flags=re.M)) >= 5
+    match = re.search(r"^loss (\d+\.\d+) -> (\d+\.\d+) ", text, flags=re.M)
+    assert match, text
+    first, last = float(match.group(1)), float(match.group(2))
+    assert last < 0.8 * first, text
+    assert lines[-2].startswith("prompt: ") and lines[-1].startswith("sample: ")
+    assert len(lines[-1]) <= len("sample: ") + 40
+
+
 @pytest.mark.parametrize("name", ["mlp_digits.py", "regression_diabetes.py",
-                                  "inspect_backward.py"])
+                                  "inspect_backward.py", "char_transformer.py"])
 def test_examples_document_themselves(name: str) -> None:
     done = subprocess.run([sys.executable, os.path.join(ROOT, "examples", name), "--help"],
                           capture_output=True, text=True, timeout=60)
