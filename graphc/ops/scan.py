@@ -95,7 +95,7 @@ def result_shapes(body: ScanBody, operand_shapes: Sequence[tuple]) -> list[tuple
     for nid, shape in zip(body.carries + body.xs + body.captures,
                           list(operand_shapes[:nc]) + [s[1:] for s in operand_shapes[nc:nc + nx]]
                           + list(operand_shapes[nc + nx:])):
-        feeds[body.graph.nodes[nid].name] = _Shaped(shape)
+        feeds[body.graph.nodes[nid].name] = ShapeOnly(shape)
     shapes = concrete_shapes(body.graph, feeds)
     outs = [shapes[i] for i in body.graph.outputs]
     finals = list(operand_shapes[:nc])
@@ -104,7 +104,7 @@ def result_shapes(body: ScanBody, operand_shapes: Sequence[tuple]) -> list[tuple
     return finals + ys + stacked
 
 
-class _Shaped:
+class ShapeOnly:
     """A stand-in feed with only a shape (concrete_shapes reads `.shape`)."""
 
     def __init__(self, shape: tuple) -> None:
