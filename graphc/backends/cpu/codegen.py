@@ -374,11 +374,12 @@ class ProgramWriter:
     def emit_scan(self, group: Group) -> None:
         """The body compiled once into its own program, run by one scan instruction
         (graphc/backends/cpu/scan.py)."""
-        from graphc.backends.cpu.scan import ScanCode, scan_kernel_source, scheduled_body
+        from graphc.backends.cpu.scan import ScanCode, scan_kernel_source
+        from graphc.passes import fusion, memory_planning, schedule_subgraph
 
         node = self.graph.nodes[group.nodes[0]]
         body = node.attrs["body"]
-        graph = scheduled_body(body)
+        graph = schedule_subgraph(body.graph, [fusion, memory_planning])
         code = BodyWriter(graph, graph.groups, graph.memory, self.stats).write()
         operands = [self.contiguous_ref(i) for i in node.inputs]
         results = {self.graph.nodes[n].attrs["index"]: self.ref(n) for n in group.stores}

@@ -41,15 +41,6 @@ class ScanCode:
     results: dict[int, tuple]    # result index -> outer reference, for the stored results
 
 
-def scheduled_body(body: ScanBody) -> Graph:
-    """The body's graph through the compiler's passes (simplification, fusion, memory)."""
-    from graphc.passes import PIPELINE, fusion, memory_planning, optimize
-
-    graph = body.graph.fork()
-    graph = optimize(graph, PIPELINE)
-    return optimize(graph, [fusion, memory_planning])
-
-
 def scan_kernel_source() -> str:
     """The kernel that runs a body's sub-table T times (see the module docstring)."""
     from graphc.backends.cpu.codegen import _source
