@@ -154,3 +154,27 @@ def test_compile_time_does_not_grow_with_length() -> None:
     assert calls[16] == calls[512]
     assert kernels[16] == kernels[512]
     assert seconds[512] < 3 * seconds[16] + 1.0, seconds
+
+
+def test_scan_is_its_own_fusion_group_and_its_results_get_buffers() -> None:
+    """Fusion puts a scan and its scan_out results in one group of their own (elementwise
+    producers and consumers stay outside); memory planning gives every stored result a
+    buffer of its own while the group runs, none to the scan node itself."""
+    _g, h_final, ys = _rnn("float64")
+    loss = gc.sum(gc.exp(h_final)) + gc.sum(ys)
+    step = gc.compile(loss, optimizer=gc.optim.Adam(1e-3))
+    program = step.program
+    scan_groups = [grp for grp in program.groups if grp.kind == "scan"]
+    assert len(scan_groups) == 2   # the forward scan and its gradient's reverse scan
+    for grp in scan_groups:
+        ops = [program.nodes[n].op for n in grp.nodes]
+        assert ops[0] == "scan" and set(ops[1:]) == {"scan_out"}
+        assert all(program.nodes[n].inputs == (grp.nodes[0],) for n in grp.nodes[1:])
+        assert grp.nodes[0] not in program.memory.slot
+        slots = [program.memory.slot[n] for n in grp.stores]
+        assert len(set(slots)) == len(slots)
+        loads = {program.memory.slot.get(n) for n in grp.loads} - {None}
+        assert not loads & set(slots)
+    for grp in program.groups:
+        if grp.kind != "scan":
+            assert all(program.nodes[n].op not in ("scan", "scan_out") for n in grp.nodes)
