@@ -195,3 +195,17 @@ def test_body_structure_errors() -> None:
         gc.scan(lambda c, xt: (c, None), h, (x, g.input("z", (5, 3))))
     with pytest.raises(gc.GraphError, match="create parameters and state outside"):
         gc.scan(lambda c, xt: (c + xt.graph.param("p", np.ones(3)), None), h, x)
+
+
+def test_different_bodies_give_different_checkpoint_fingerprints() -> None:
+    from graphc.checkpoint import fingerprint
+
+    def program(scale: float) -> gc.Graph:
+        g = gc.Graph(dtype="float64")
+        x = g.input("x", (4, 3))
+        final, _ = gc.scan(lambda c, xt: (c * scale + xt, None), g.const(np.zeros(3)), x)
+        g.outputs = [final.id]
+        return g
+
+    assert fingerprint(program(0.5)) == fingerprint(program(0.5))
+    assert fingerprint(program(0.5)) != fingerprint(program(0.25))

@@ -18,6 +18,7 @@ carries are the carry cotangents and one gradient accumulator per captured value
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -77,7 +78,27 @@ class ScanBody:
 
 # -- the ops ----------------------------------------------------------------------------
 
-def _scan_infer(nodes: list[Node], body: ScanBody) -> tuple:
+def body_structure(body: ScanBody) -> str:
+    """A digest of the body's graph (ops, operands, shapes, dtypes, attributes, constants)
+    and of how the scan reads it: the scan node keeps it as an attribute, so anything that
+    compares nodes by attributes (a checkpoint's program fingerprint) tells two bodies apart."""
+    digest = hashlib.sha256()
+
+    def text(value: Any) -> str:
+        if isinstance(value, np.ndarray):
+            return f"array{value.shape}{value.dtype}{hashlib.sha256(value.tobytes()).hexdigest()}"
+        return "" if isinstance(value, ScanBody) else repr(value)   # nested: its structure
+
+    for node in body.graph.nodes:
+        attrs = sorted((k, text(v)) for k, v in node.attrs.items())
+        digest.update(repr((node.op, node.inputs, node.shape, node.dtype, node.name, attrs))
+                      .encode())
+    digest.update(repr((body.graph.outputs, body.carries, body.xs, body.captures,
+                        body.reverse)).encode())
+    return digest.hexdigest()[:32]
+
+
+def _scan_infer(nodes: list[Node], body: ScanBody, structure: str) -> tuple:
     expected = [body.graph.nodes[i] for i in body.carries + body.xs + body.captures]
     if len(nodes) != len(expected):
         raise InferError(f"internal: {len(nodes)} operands for a body of {len(expected)} inputs")
@@ -120,7 +141,8 @@ def result_types(body: ScanBody, operands: Sequence[Node]) -> list[tuple[tuple, 
     return list(zip(shapes, dtypes))
 
 
-def run_scan(*arrays: np.ndarray, body: ScanBody) -> tuple[np.ndarray, ...]:
+def run_scan(*arrays: np.ndarray, body: ScanBody, structure: str = ""
+             ) -> tuple[np.ndarray, ...]:
     """The numpy reference: the body run step by step with the interpreter. Returns every
     result (final carries, stacked ys, stacked start-of-step carries)."""
     from graphc.interpret import run_nodes
@@ -156,7 +178,7 @@ def _scan_out_infer(nodes: list[Node], index: int) -> tuple:
 
 
 def _scan_vjp(cotangents: dict[int, Value], out: Value, inputs: list[Value],
-              needs: Sequence[bool], body: ScanBody) -> list[Value | None]:
+              needs: Sequence[bool], body: ScanBody, structure: str) -> list[Value | None]:
     """Gradients of a scan's operands from the cotangents of its results (by result index):
     a reverse scan over the vjp of the body (see the module docstring)."""
     return _backward_scan(cotangents, out, inputs, needs, body)
@@ -194,7 +216,7 @@ def scan_result(node: Value, index: int) -> Value:
 
 
 def _scan_node(body: ScanBody, operands: list[Value]) -> Value:
-    return make("scan", operands, body=body)
+    return make("scan", operands, body=body, structure=body_structure(body))
 
 
 # -- the user's function ------------------------------------------------------------------
