@@ -42,6 +42,11 @@ def tracing(body: Graph, outer: Graph) -> Iterator[Trace]:
         _traces.reset(token)
 
 
+def capture_into_innermost(value: Value, op_name: str) -> Value:
+    """`value` as a Value of the body traced innermost (captured if it is not one)."""
+    return capture(value, len(_traces.get()) - 1, op_name)
+
+
 def capture_operands(op_name: str, operands: Sequence[Any]) -> list[Any]:
     """`operands` with values of enclosing graphs replaced by their captures in the body
     being traced, when one of them belongs to that body (otherwise unchanged)."""

@@ -27,7 +27,7 @@ import numpy as np
 
 from graphc.errors import GraphError, user_location
 from graphc.ir import Graph, Node, Value, format_shape, is_float
-from graphc.ops.capture import tracing
+from graphc.ops.capture import capture_into_innermost, tracing
 from graphc.ops.reduce import sum as reduce_sum
 from graphc.ops.registry import OPS, InferError, defop, make
 from graphc.ops.views import zeros_like
@@ -271,7 +271,7 @@ def scan(fn: Callable[[Any, Any], tuple[Any, Any]], init: Any, xs: Any, *,
     with tracing(body, outer) as trace:
         result = fn(carry_in[0] if carry_single else type(init)(carry_in),
                     x_in[0] if xs_single else type(xs)(x_in))
-        new_carries, ys, ys_single = _check_result(result, carries, carry_in, body, trace)
+        new_carries, ys, ys_single = _check_result(result, carries, body)
     _check_body(body)
     body.outputs = [v.id for v in new_carries + ys]
     spec = ScanBody(body, tuple(v.id for v in carry_in), tuple(v.id for v in x_in),
@@ -285,12 +285,10 @@ def scan(fn: Callable[[Any, Any], tuple[Any, Any]], init: Any, xs: Any, *,
     return final, stacked[0] if ys_single else type(result[1])(stacked)
 
 
-def _check_result(result: Any, carries: list[Value], carry_in: list[Value], body: Graph,
-                  trace: Any) -> tuple[list[Value], list[Value], bool | None]:
+def _check_result(result: Any, carries: list[Value], body: Graph
+                  ) -> tuple[list[Value], list[Value], bool | None]:
     """The body's (new carries, ys, whether ys is one Value (None: no ys)), checked against
     the carry it was given."""
-    from graphc.ops.capture import capture
-
     if not isinstance(result, (tuple, list)) or len(result) != 2:
         raise GraphError(f"scan: the body must return a pair (new_carry, y), got "
                          f"{type(result).__name__}\n  at {user_location()}")
@@ -304,7 +302,7 @@ def _check_result(result: Any, carries: list[Value], carry_in: list[Value], body
         if not isinstance(v, Value):
             raise GraphError(f"scan: the body's {what} must be a graphc Value, got "
                              f"{type(v).__name__}\n  at {user_location()}")
-        return capture(v, len(_trace_stack()) - 1, "scan") if v.graph is not body else v
+        return capture_into_innermost(v, "scan") if v.graph is not body else v
 
     checked = []
     for k, (v, c) in enumerate(zip(new_list, carries)):
@@ -319,12 +317,6 @@ def _check_result(result: Any, carries: list[Value], carry_in: list[Value], body
         return checked, [], None
     ys, single = _as_list(y, "the body's y")
     return checked, [in_body(v, f"y {k}") for k, v in enumerate(ys)], single
-
-
-def _trace_stack() -> tuple:
-    from graphc.ops.capture import _traces
-
-    return _traces.get()
 
 
 def _check_body(body: Graph) -> None:
