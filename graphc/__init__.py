@@ -23,7 +23,7 @@ from graphc.ops.registry import defop
 from graphc.ops import (
     abs, add, broadcast_to, cast, concat, div, equal, erf, exp, expand_dims, gelu, greater,
     leaky_relu, less, log, log_softmax, logsumexp, matmul, max, maximum, mean, min, minimum,
-    mse, mul, neg, one_hot, pow, relu, reshape, rsqrt, sigmoid, sign, softmax,
+    mse, mul, neg, one_hot, pow, relu, reshape, rsqrt, scan, sigmoid, sign, softmax,
     softmax_cross_entropy, sqrt, square, squeeze, stack, stop_gradient, sub, sum, swapaxes,
     take, tanh, transpose, where, zeros_like,
 )
@@ -45,7 +45,7 @@ __all__ = [
     "cast", "compile", "concat", "data", "div", "equal", "erf", "evaluate", "exp",
     "expand_dims", "format_graph", "gelu", "grad", "greater", "leaky_relu", "less", "log",
     "log_softmax", "logsumexp", "matmul", "max", "maximum", "mean", "min", "minimum", "mse",
-    "mul", "neg", "nn", "one_hot", "optim", "pow", "relu", "reshape", "rsqrt", "sigmoid",
+    "mul", "neg", "nn", "one_hot", "optim", "pow", "relu", "reshape", "rsqrt", "scan", "sigmoid",
     "sign", "softmax", "softmax_cross_entropy", "sqrt", "square", "squeeze", "stack",
     "stop_gradient", "sub", "sum", "swapaxes", "take", "tanh", "to_dot", "to_html", "to_networkx",
     "transpose", "where", "zeros_like",

@@ -108,16 +108,25 @@ def grad(y: Value, xs: Any) -> Any:
         with building_gradient(y.id, "seed: d y / d y = 1"):
             contributions[y.id] = [graph.const(1, dtype=y.dtype)]
 
+    # A scan has several results, each read through a scan_out node: their cotangents are
+    # gathered (by result index) and handed to the scan's vjp together, once.
+    scan_cotangents: dict[int, dict[int, Value]] = {}
     for nid in sorted(relevant, reverse=True):
         parts = contributions.pop(nid, None)
+        node = graph.nodes[nid]
+        if node.op == "scan" and nid in scan_cotangents:
+            _scan_gradients(graph, node, scan_cotangents.pop(nid), relevant, contributions)
+            continue
         if not parts:
             continue
-        node = graph.nodes[nid]
         with building_gradient(nid, f"sum of {len(parts)} gradient contributions"):
             total = parts[0]
             for part in parts[1:]:
                 total = add(total, part)
         totals[nid] = total
+        if node.op == "scan_out":
+            scan_cotangents.setdefault(node.inputs[0], {})[node.attrs["index"]] = total
+            continue
         custom = graph.custom_gradients.get(nid)
         if custom is not None:
             input_ids, rule, rule_name = custom.inputs, custom.rule, f"{custom.name} rule"
@@ -153,3 +162,18 @@ def grad(y: Value, xs: Any) -> Any:
             with building_gradient(x.id, "zero: y does not depend on this value"):
                 results.append(zeros_like(x))
     return results[0] if single else results
+
+
+def _scan_gradients(graph: Graph, node: Any, cotangents: dict[int, Value], relevant: set[int],
+                    contributions: dict[int, list[Value]]) -> None:
+    """Send the gradients of a scan's operands (one backward scan for all its results)."""
+    needs = tuple(i in relevant and is_float(graph.nodes[i].dtype) for i in node.inputs)
+    if not any(needs):
+        return
+    inputs = [Value(graph, i) for i in node.inputs]
+    with building_gradient(node.id, "scan vjp: a reverse scan over the body's vjp"):
+        grads = OPS["scan"].vjp(cotangents, Value(graph, node.id), inputs, needs,
+                                **node.attrs)
+    for inp, need, gi in zip(inputs, needs, grads):
+        if need and gi is not None:
+            contributions.setdefault(inp.id, []).append(gi)

@@ -34,6 +34,8 @@ def run_nodes(graph: Graph, output_ids: list[int], feeds: Mapping[str, Any], *,
                 result = graph.state_values[node.name]
             elif node.op == "const":
                 result = node.attrs["value"]
+            elif node.op == "scan":   # every result, read by the scan_out nodes
+                result = OPS["scan"].ref(*[values[i] for i in node.inputs], **node.attrs)
             else:
                 args = [values[i] for i in node.inputs]
                 try:

@@ -27,6 +27,7 @@ import numpy as np
 from graphc.errors import GraphError, user_location
 from graphc.ir import Value, canonical_dtype, format_shape, is_float
 from graphc.ops import add, matmul
+from graphc.recurrent import gru, lstm  # noqa: F401 - recurrent layers, gc.nn.gru / gc.nn.lstm
 
 
 def linear(x: Value, units: int, name: str | None = None, bias: bool = True,

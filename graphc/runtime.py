@@ -115,12 +115,18 @@ class _Signature:
 
 def concrete_shapes(graph: Graph, feeds: dict[str, np.ndarray]) -> dict[int, tuple]:
     """Run-time shape of every node, or GraphError naming the node whose sizes disagree."""
+    from graphc.ops.scan import result_shapes
+
     shapes: dict[int, tuple] = {}
     for node in graph.nodes:
         if node.op == "input":
             shapes[node.id] = feeds[node.name].shape if node.name in feeds else node.shape
         elif node.op in ("param", "state", "const"):
             shapes[node.id] = node.shape
+        elif node.op == "scan_out":
+            scan = graph.nodes[node.inputs[0]]
+            results = result_shapes(scan.attrs["body"], [shapes[i] for i in scan.inputs])
+            shapes[node.id] = results[node.attrs["index"]]
         else:
             fake = [SimpleNamespace(shape=shapes[i], dtype=graph.nodes[i].dtype, op="")
                     for i in node.inputs]

@@ -51,6 +51,15 @@ def test_regression_diabetes(tmp_path) -> None:
     assert "val_r2" in err
 
 
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_rnn_sequence(cell: str) -> None:
+    lines, _ = run_example("rnn_sequence.py", "--cell", cell, "--epochs", "8")
+    match = re.fullmatch(r"test_mse=(\d\.\d{4})", lines[-1])
+    assert match, lines[-1]
+    assert float(match.group(1)) < 0.1   # predicting 0 (no memory) gives about 0.85
+    assert len([line for line in lines if line.startswith("epoch ")]) == 8
+
+
 def test_inspect_backward(tmp_path) -> None:
     out = tmp_path / "graphs"
     lines, _ = run_example("inspect_backward.py", "--out", str(out), cwd=str(tmp_path))

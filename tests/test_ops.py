@@ -632,6 +632,31 @@ case("matmul_batch_vector", gc.matmul, lambda a, b: np.einsum("bik,k->bi", a, b)
 case("matmul_vector_batch", gc.matmul, lambda a, b: np.einsum("k,bkj->bj", a, b),
      args(normal(3), normal(2, 3, 5)))
 
+
+def np_scan_rnn(a: np.ndarray, h: np.ndarray, reverse: bool = False
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """h_t = tanh(h_{t-1} / 2 + a_t), y_t = h_t * a_t over axis 0 of `a`."""
+    ys = np.zeros_like(a)
+    for t in (range(len(a) - 1, -1, -1) if reverse else range(len(a))):
+        h = np.tanh(h * 0.5 + a[t])
+        ys[t] = h * a[t]
+    return ys, h
+
+
+def scan_rnn(a: gc.Value, h: gc.Value, reverse: bool = False) -> tuple[gc.Value, gc.Value]:
+    def cell(c: gc.Value, x: gc.Value) -> tuple[gc.Value, gc.Value]:
+        new = gc.tanh(c * 0.5 + x)
+        return new, new * x
+
+    final, ys = gc.scan(cell, h, a, reverse=reverse)
+    return ys, final
+
+
+case("scan-ys", lambda a, h: scan_rnn(a, h)[0], lambda a, h: np_scan_rnn(a, h)[0],
+     args(normal(4, 3), normal(3)))
+case("scan-carry-reverse", lambda a, h: scan_rnn(a, h, True)[1],
+     lambda a, h: np_scan_rnn(a, h, True)[1], args(normal(4, 2, 3), normal(2, 3)))
+
 CASES_BY_ID = {c.id: c for c in CASES}
 assert len(CASES_BY_ID) == len(CASES), "duplicate case ids"
 
@@ -742,7 +767,7 @@ def test_every_op_is_in_the_table() -> None:
            "softplus silu elu clip greater_equal less_equal not_equal "
            "binary_cross_entropy_with_logits var std argmax argmin "
            "cumsum take_along_axis pad_constant pad_reflect arange_float tril triu "
-           "matmul_vector_vector matmul_batch_vector").split()
+           "matmul_vector_vector matmul_batch_vector scan").split()
     prefixes = {c.id.split("-")[0] for c in CASES} | {c.id for c in CASES}
     missing = [op for op in ops if op not in prefixes]
     assert not missing, missing

@@ -62,9 +62,10 @@ from graphc.ops.nnfuncs import (
     softmax_cross_entropy,
 )
 from graphc.ops.reduce import count, max, mean, min, sum
-from graphc.ops.scan import cumsum
+from graphc.ops.cumsum import cumsum
 from graphc.ops.statistics import argmax, argmin, std, var
 from graphc.ops.registry import OPS, OpDef, defop, make
+from graphc.ops.scan import scan
 from graphc.ops.views import (
     broadcast_like,
     broadcast_to,
@@ -87,7 +88,7 @@ __all__ = [
     "defop", "div", "equal", "erf", "exp", "expand_dims", "gelu", "getitem", "greater",
     "leaky_relu", "less", "log", "log_softmax", "logsumexp", "make", "matmul", "max", "maximum",
     "mean", "min", "minimum", "mse", "mul", "neg", "one_hot", "pow", "relu", "reshape",
-    "reshape_like", "rsqrt", "sigmoid", "sign", "softmax", "softmax_cross_entropy", "sqrt",
+    "reshape_like", "rsqrt", "scan", "sigmoid", "sign", "softmax", "softmax_cross_entropy", "sqrt",
     "square", "squeeze", "stack", "stop_gradient", "sub", "sum", "swapaxes", "take", "tanh",
     "transpose", "where", "zeros_like",
     # convolution, pooling, training/inference views, dropout masks

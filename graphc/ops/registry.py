@@ -11,6 +11,7 @@ import numpy as np
 
 from graphc.errors import GraphError, user_location
 from graphc.ir import Graph, Shape, Value, format_shape
+from graphc.ops.capture import capture_operands
 
 # Kinds tell the compiler how an op is scheduled:
 #   elementwise  out[i] = f(broadcast inputs[i]); `scalar` gives f as a source template
@@ -23,7 +24,10 @@ from graphc.ir import Graph, Shape, Value, format_shape
 #   call         a hand-written library kernel (`kernel`, "module:function") the step calls
 #                as fn(*operands, out, *attrs named in `kernel_attrs`, tuples flattened)
 #   mode         mode_select: resolved to one operand at compile time (never code-generated)
-KINDS = ("elementwise", "reduce", "matmul", "view", "index", "leaf", "shape", "call", "mode")
+#   scan         a loop over a sub-graph (graphc/ops/scan.py): `scan` runs it, its results
+#                are read through `scan_out` nodes
+KINDS = ("elementwise", "reduce", "matmul", "view", "index", "leaf", "shape", "call", "mode",
+         "scan")
 
 
 class InferError(Exception):
@@ -93,6 +97,7 @@ def describe_operands(values: Sequence[Value]) -> str:
 def make(op_name: str, inputs: Sequence[Value], **attrs: Any) -> Value:
     """Build a node of primitive `op_name`; shape errors name the op, operands and user line."""
     op = OPS[op_name]
+    inputs = capture_operands(op_name, inputs)
     graph = _graph_of(op_name, inputs)
     if op.arity is not None and len(inputs) != op.arity:
         raise GraphError(f"{op_name} takes {op.arity} operands, got {len(inputs)}")

@@ -8,10 +8,10 @@ import numpy as np
 
 from graphc.errors import GraphError, user_location
 from graphc.ir import Value, is_float
+from graphc.ops.cumsum import cumsum
 from graphc.ops.elementwise import equal, sqrt, square, where
 from graphc.ops.reduce import count, max, mean, min, sum
 from graphc.ops.registry import describe_operands, normalize_axes
-from graphc.ops.scan import cumsum
 from graphc.ops.views import broadcast_like, reshape, squeeze
 
 _NO_HIT = np.iinfo(np.int64).max

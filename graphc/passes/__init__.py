@@ -62,6 +62,12 @@ SCHEDULE: list[Pass] = [fusion, sharding, memory_planning]
 SCHEDULE_CUDA: list[Pass] = [fusion, memory_planning]
 
 
+def schedule_subgraph(graph: Graph, schedule: list[Pass]) -> Graph:
+    """A sub-graph (a scan's body, its outputs set) through the simplification passes and
+    then `schedule` (fusion and memory planning of a target)."""
+    return optimize(optimize(graph.fork(), PIPELINE), schedule)
+
+
 def verify(graph: Graph) -> None:
     """Raise if the graph breaks an IR invariant (ids, topological order, roots in range)."""
     for i, node in enumerate(graph.nodes):
@@ -88,5 +94,6 @@ def optimize(graph: Graph, passes: list[Pass] | None = None,
 
 
 __all__ = ["PIPELINE", "SCHEDULE", "SCHEDULE_CUDA", "eliminate_common_subexpressions",
-           "eliminate_dead_code", "fusion", "memory_planning", "optimize", "sharding", "simplify",
+           "eliminate_dead_code", "fusion", "memory_planning", "optimize", "schedule_subgraph",
+           "sharding", "simplify",
            "verify"]

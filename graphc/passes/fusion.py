@@ -10,6 +10,7 @@ Group kinds:
   shape   dim_size: computed from run-time shapes before the step runs
   call    one op run by a hand-written library kernel (conv2d, pooling and their gradients:
           OpDef.kernel), called with its operands and output buffer
+  scan    a scan node and its scan_out results: the body's own program run once per step
 
 Invariants: every group is convex (no path leaves it and re-enters) and the graph of
 groups is acyclic (no path leaves a group and re-enters it through other groups, each
@@ -107,7 +108,13 @@ def fuse(graph: Graph) -> list[Group]:
         return False
 
     for node in reversed(graph.nodes):
-        if node.op in LEAVES:
+        if node.op in LEAVES or node.op == "scan_out":   # a scan_out joins its scan's group
+            continue
+        if node.op == "scan":
+            group = Group("scan", [node.id] + users[node.id], phase[node.id])
+            for member in group.nodes:
+                group_of[member] = group
+            groups.append(group)
             continue
         kind = "loop" if is_loop_op(node) else OPS[node.op].kind
         if kind == "reduce":

@@ -246,6 +246,9 @@ def plan_shards(graph: Graph, groups: list[Group]) -> tuple[list[Group], ShardPl
     if shard_count() == 1:
         # nothing to run in parallel: the serial step compiles in about half the time
         return serial(groups, "one shard (GRAPHC_SHARDS unset or 1)")
+    if any(g.kind == "scan" for g in groups):
+        # the fused step has no loop construct: the program backend runs the scan's body
+        return serial(groups, "the graph contains a scan, run by the program backend")
     try:
         for node in graph.nodes:
             status[node.id], op = node_status(graph, node, status)

@@ -88,7 +88,7 @@ def _identity(tgt: Graph, node: Node, ins: tuple[int, ...]) -> int | None:
 
 
 def _fold(tgt: Graph, node: Node, ins: tuple[int, ...]) -> np.ndarray | None:
-    if not ins or node.op == "dim_size" or None in node.shape:
+    if not ins or node.op == "dim_size" or OPS[node.op].kind == "scan" or None in node.shape:
         return None
     values = [_const_value(tgt, i) for i in ins]
     if any(v is None for v in values) or int(np.prod(node.shape)) > _FOLD_LIMIT:

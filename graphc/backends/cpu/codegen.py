@@ -19,6 +19,7 @@ gets a copy of a strided one, made by a copy instruction into a scratch buffer.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numba
 import numpy as np
@@ -101,6 +102,7 @@ class Program:
     outputs: list[Ref]
     listing: str = ""
     modules: list[tuple[str, str]] = field(default_factory=list)   # unique (module, path)
+    scans: list[Any] = field(default_factory=list)   # ScanCode of each ("scan", k) entry
     executor: tuple[str, str] = ("", "")     # (module, path) of the executor
 
 
@@ -133,6 +135,7 @@ class ProgramWriter:
         self.copies: dict[Ref, Ref] = {}
         self.sources: dict[str, Kernel] = {}
         self.kernels: list[Kernel] = []
+        self.scans: list[Any] = []
 
     # -- arrays -------------------------------------------------------------------------
     def ref(self, nid: int) -> Ref:
@@ -174,9 +177,11 @@ class ProgramWriter:
                 self.emit_copy(self.ref(nid), ("node", leaf), nid, [nid])
         outputs = [self.output_ref(nid) for nid in self.graph.outputs]
         self.write_kernel_files()
-        program = Program(self.instructions, self.kernels, self.view_sources, outputs)
+        program = Program(self.instructions, self.kernels, self.view_sources, outputs,
+                          scans=self.scans)
         program.listing = program_listing(self.graph, program)
-        program.modules = sorted({(k.module, k.path) for k in self.kernels})
+        program.modules = sorted({(k.module, k.path) for k in self.kernels}.union(
+            *[set(scan.code.modules) for scan in self.scans]))
         program.executor = write_module("graphc_kernel", executor_source())
         return program
 
@@ -225,6 +230,8 @@ class ProgramWriter:
             self.emit_index(node, group)
         elif group.kind == "call":
             self.emit_call(node, group)
+        elif group.kind == "scan":
+            self.emit_scan(group)
         else:
             raise NotImplementedError(f"no CPU code for {group.kind} group ({node.op})")
 
@@ -351,6 +358,23 @@ class ProgramWriter:
         source = call_source(module, function, specs, (node.dtype, len(node.shape)), len(extra))
         self.add(source, args, [node.id], describe_group(self.graph, group), group)
 
+    def emit_scan(self, group: Group) -> None:
+        """The body compiled once into its own program, run by one scan instruction
+        (graphc/backends/cpu/scan.py)."""
+        from graphc.backends.cpu.scan import ScanCode, scan_kernel_source
+        from graphc.passes import fusion, memory_planning, schedule_subgraph
+
+        node = self.graph.nodes[group.nodes[0]]
+        body = node.attrs["body"]
+        graph = schedule_subgraph(body.graph, [fusion, memory_planning])
+        code = BodyWriter(graph, graph.groups, graph.memory, self.stats).write()
+        operands = [self.contiguous_ref(i) for i in node.inputs]
+        results = {self.graph.nodes[n].attrs["index"]: self.ref(n) for n in group.stores}
+        self.scans.append(ScanCode(body, graph, code, node.id, operands, results))
+        self.add(scan_kernel_source(), [("scan", len(self.scans) - 1)], list(group.nodes),
+                 describe_group(self.graph, group) +
+                 f": a body of {len(code.instructions)} calls, run once per step", group)
+
     def emit_copy(self, src: Ref, dst: Ref, nid: int, nodes: list[int],
                   what: str | None = None) -> None:
         """dst[...] = src, `src` holding node `nid`'s value (broadcast to a "bcast" copy's
@@ -411,7 +435,20 @@ def program_listing(graph: Graph, program: Program) -> str:
         check = "  [check]" if ins.check else ""
         origin = "" if not where or " from " in ins.what else "  from " + ", ".join(where)
         lines.append(f"{k:4d}  {ins.kernel.module}  {ins.what}{check}{origin}")
+        if ins.args and ins.args[0][0] == "scan":
+            body = program.scans[ins.args[0][1]].code.listing
+            lines += ["      | " + line for line in body.splitlines()]
     return "\n".join(lines) + "\n"
+
+
+class BodyWriter(ProgramWriter):
+    """The program of a scan's body: its outputs, copied from after each step, must be
+    contiguous arrays of its own."""
+
+    def output_ref(self, nid: int) -> Ref:
+        ref = super().output_ref(nid)
+        return ref if self.is_contiguous(nid) or ref[0] == "copy" else \
+            self.copy_of(nid, ("copy", nid))
 
 
 def executor_source() -> str:

@@ -19,8 +19,9 @@ import numpy as np
 from graphc.backends.cpu.codegen import Instruction, Program
 from graphc.errors import GraphError
 from graphc.ir import Graph
+from graphc.ops.scan import ShapeOnly
 from graphc.passes.memory import VIEW_OPS
-from graphc.runtime import CompiledFunction, CompileReport, _step_array
+from graphc.runtime import CompiledFunction, CompileReport, _step_array, concrete_shapes
 from kernels.cpu.program import STATUS_INDEX_RANGE, STATUS_NOT_FINITE
 from kernels.cpu.threads import set_blas_threads, threads_for
 
@@ -64,6 +65,7 @@ class ProgramFunction(CompiledFunction):
                                    dtype=np.int64)
         self._is_check = np.array([i.check for i in code.instructions], dtype=np.uint8)
         self._execute = _EXECUTOR(addresses[code.executor[0]])
+        self._addresses = addresses
         self._plans: dict[tuple, _Plan] = {}
 
     def __call__(self, **feeds: Any) -> Any:
@@ -105,26 +107,33 @@ class ProgramFunction(CompiledFunction):
 
     # -- plans ---------------------------------------------------------------------------
     def _plan(self, arrays: dict[str, np.ndarray]) -> _Plan:
-        shapes = self._shapes(arrays)
-        resolver = _Resolver(self.program, self.code, shapes, self._hyper)
-        values: list[int] = []
-        patches: dict[str, list[tuple[int, int]]] = {}
-        starts: list[int] = []
-        for instruction in self.code.instructions:
-            starts.append(len(values))
-            for arg in instruction.args:
-                resolver.expand(arg, values, patches)
-        table = np.array(values or [0], dtype=np.int64)
-        blocks = table.ctypes.data + 8 * np.array(starts, dtype=np.int64)
-        patch_arrays = {name: (np.array([p for p, _ in entries], dtype=np.int64),
-                               np.array([o for _, o in entries], dtype=np.int64))
-                        for name, entries in patches.items()}
-        outputs = [resolver.array(ref)[0] for ref in self.code.outputs]
-        flops = max((2.0 * math.prod(shapes[n.id]) * shapes[n.inputs[0]][-1]
-                     for n in self.program.nodes if n.op == "matmul"), default=0.0)
-        return _Plan(table, blocks, patch_arrays, outputs,
-                     [table, resolver.keep, resolver.storage],
-                     threads_for(flops), np.zeros(1, dtype=np.int64))
+        return build_plan(self.program, self.code, self._shapes(arrays), self._hyper,
+                          self._addresses)
+
+
+def build_plan(program: Graph, code: Program, shapes: dict[int, tuple],
+               hyper: dict[str, np.ndarray], addresses: dict[str, int]) -> _Plan:
+    """The filled program `code` of `program` for the run-time `shapes` (a scan's body
+    program gets its own plan, filled by the scan instruction's block)."""
+    resolver = _Resolver(program, code, shapes, hyper, addresses)
+    values: list[int] = []
+    patches: dict[str, list[tuple[int, int]]] = {}
+    starts: list[int] = []
+    for instruction in code.instructions:
+        starts.append(len(values))
+        for arg in instruction.args:
+            resolver.expand(arg, values, patches)
+    table = np.array(values or [0], dtype=np.int64)
+    blocks = table.ctypes.data + 8 * np.array(starts, dtype=np.int64)
+    patch_arrays = {name: (np.array([p for p, _ in entries], dtype=np.int64),
+                           np.array([o for _, o in entries], dtype=np.int64))
+                    for name, entries in patches.items()}
+    outputs = [resolver.array(ref)[0] for ref in code.outputs]
+    flops = max((2.0 * math.prod(shapes[n.id]) * shapes[n.inputs[0]][-1]
+                 for n in program.nodes if n.op == "matmul"), default=0.0)
+    return _Plan(table, blocks, patch_arrays, outputs,
+                 [table, resolver.keep, resolver.storage],
+                 threads_for(flops), np.zeros(1, dtype=np.int64))
 
 
 class _Resolver:
@@ -132,8 +141,9 @@ class _Resolver:
     resolves to a placeholder of its shape; addresses inside it are patched at each call."""
 
     def __init__(self, program: Graph, code: Program, shapes: dict[int, tuple],
-                 hyper: dict[str, np.ndarray]) -> None:
+                 hyper: dict[str, np.ndarray], addresses: dict[str, int]) -> None:
         self.program = program
+        self.addresses = addresses
         self.code = code
         self.shapes = shapes
         self.hyper = hyper
@@ -250,8 +260,81 @@ class _Resolver:
             values.extend(int(s) for s in src.strides)
             self._address(dst, None, values, patches)
             values.extend(int(s) for s in dst.strides)
+        elif kind == "scan":
+            self._scan_block(self.code.scans[arg[1]], values, patches)
         else:
             raise GraphError(f"internal: unknown block entry {arg!r}")
+
+    def _scan_block(self, scan: Any, values: list[int], patches: dict[str, list]) -> None:
+        """A scan instruction's block (graphc/backends/cpu/scan.py): the body's own plan for
+        these shapes, and how each step feeds it and reads its outputs."""
+        body = scan.body
+        node = self.program.nodes[scan.scan]
+        nc, nx = body.n_carry, len(body.xs)
+        outer = [self.array(ref) for ref in scan.operands]
+        shapes = [self.shapes[i] for i in node.inputs]
+        length = int(shapes[nc][0])
+        feed_shapes = {}
+        names = body.input_names()
+        for k, name in enumerate(names):
+            shape = shapes[k][1:] if nc <= k < nc + nx else shapes[k]
+            feed_shapes[name] = ShapeOnly(shape)
+        sub = build_plan(scan.graph, scan.code, concrete_shapes(scan.graph, feed_shapes), {},
+                         self.addresses)
+        functions = np.array([self.addresses[i.kernel.module] for i in scan.code.instructions]
+                             or [0], dtype=np.int64)
+        carries = [self._scratch(shapes[k] or (1,), self.program.nodes[node.inputs[k]].dtype)
+                   for k in range(nc)]
+        self.keep += [sub, functions]
+
+        links: list[tuple[int, Any, int]] = []   # (sub-table position, base, stride)
+        for k, name in enumerate(names):
+            positions, offsets = sub.patches.get(name, ((), ()))
+            if k < nc:
+                base, stride = (carries[k], None), 0
+            else:
+                base, stride = outer[k], 0
+                if k < nc + nx:
+                    stride = int(outer[k][0].strides[0]) if outer[k][0].ndim else 0
+            for position, offset in zip(positions, offsets):
+                links.append((int(position), base, int(offset), stride))
+        sub_outputs = sub.outputs
+        ny = body.n_ys
+
+        def nbytes(a: np.ndarray) -> int:
+            return int(a.size * a.itemsize)
+
+        before = [(outer[k], 0, (carries[k], None), 0, nbytes(carries[k])) for k in range(nc)]
+        pre, post, after = [], [], []
+        for k in range(nc):
+            post.append(((sub_outputs[k], None), 0, (carries[k], None), 0, nbytes(carries[k])))
+            if k in scan.results:
+                after.append(((carries[k], None), 0, self.array(scan.results[k]), 0,
+                              nbytes(carries[k])))
+            start = scan.results.get(nc + ny + k)
+            if start is not None:
+                target = self.array(start)
+                pre.append(((carries[k], None), 0, target, nbytes(carries[k]),
+                            nbytes(carries[k])))
+        for j in range(ny):
+            ref = scan.results.get(nc + j)
+            if ref is not None:
+                out = sub_outputs[nc + j]
+                post.append(((out, None), 0, self.array(ref), nbytes(out), nbytes(out)))
+
+        values += [length, len(scan.code.instructions), int(functions.ctypes.data),
+                   int(sub.blocks.ctypes.data) if len(sub.blocks) else 0, int(body.reverse),
+                   len(links), len(before), len(pre), len(post), len(after)]
+        for position, base, offset, stride in links:
+            values.append(int(sub.table.ctypes.data) + 8 * position)
+            self._address(*base, values, patches)
+            values += [offset, stride]
+        for copies in (before, pre, post, after):
+            for src, src_step, dst, dst_step, count in copies:
+                self._address(*src, values, patches)
+                values.append(src_step)
+                self._address(*dst, values, patches)
+                values += [dst_step, count]
 
     def _address(self, a: np.ndarray, feed: str | None, values: list[int],
                  patches: dict[str, list]) -> None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -253,7 +254,21 @@ class Assign:
     node: int
 
 
-Instruction = Loop | Matmul | View | Materialize | Dim | Index | Call | PhaseSwitch | Assign
+@dataclass
+class ScanLoop:
+    """A scan: its body's scheduled graph, compiled into a CUDA function of its own when the
+    step is built (`function`), run once per step from Python; `copies` the copy kernels that
+    move carries, sequence rows and outputs, by (rank, dtype)."""
+
+    group: Group
+    node: int
+    body: Graph
+    copies: dict[tuple[int, str], CudaKernel]
+    function: Any = None
+
+
+Instruction = (Loop | Matmul | View | Materialize | Dim | Index | Call | PhaseSwitch | Assign
+               | ScanLoop)
 
 
 def _library_version() -> str:
@@ -390,8 +405,28 @@ class CudaStepWriter:
             self.emit_index(node)
         elif group.kind == "call":
             self.emit_call(node)
+        elif group.kind == "scan":
+            self.emit_scan(group)
         else:
             raise GraphError(f"no CUDA code for {group.kind} group ({node.op})")
+
+    def emit_scan(self, group: Group) -> None:
+        from graphc.passes import SCHEDULE_CUDA, schedule_subgraph
+
+        node = self.graph.nodes[group.nodes[0]]
+        body = schedule_subgraph(node.attrs["body"].graph, SCHEDULE_CUDA)
+        copies = {}
+        for n in body.nodes:
+            if n.op == "input" or n.id in body.outputs:
+                rank = max(len(n.shape), 1)
+                copies[(rank, n.dtype)] = self.helper("copy", *copy_source(rank, n.dtype))
+        for i in node.inputs:
+            self.is_dense(i)
+        self.instructions.append(ScanLoop(group, node.id, body, copies))
+        for nid in group.stores:
+            self.dense[nid] = True
+        self.listing.append(f"scan over {self.label(node.inputs[node.attrs['body'].n_carry])}"
+                            f": a body of {len(body.groups)} groups launched once per step")
 
     def emit_view(self, node: Node) -> None:
         src = data_inputs(node)[0]

@@ -48,6 +48,7 @@ from graphc.backends.cuda.codegen import (
     Materialize,
     Matmul,
     PhaseSwitch,
+    ScanLoop,
     View,
     simulator_enabled,
 )
@@ -125,6 +126,41 @@ class _SimulatorLaunch:
 
     def __call__(self, *args: Any) -> None:
         self.fn[self.grid, self.block](*args)
+
+
+class _ScanRun:
+    """A scan's launches, run from Python: copies before the loop; per step i the copies
+    feeding the body (`pre`), the body's launches, the copies of its outputs (`post`) and
+    of the new carries into the carry buffers (`settle`); copies after the loop. Each copy
+    is (launcher, src, dst, src step, dst step): the offsets advance by i times the steps."""
+
+    def __init__(self, length: int, reverse: bool, body: list[tuple[Any, tuple]]) -> None:
+        self.length, self.reverse, self.body = length, reverse, body
+        self.before: list[tuple] = []
+        self.pre: list[tuple] = []
+        self.post: list[tuple] = []
+        self.settle: list[tuple] = []
+        self.after: list[tuple] = []
+
+    @staticmethod
+    def _copy(copies: list[tuple], i: int) -> None:
+        for fn, src, dst, src_step, dst_step in copies:
+            shape = src.shape or (1,)
+            ss = src.strides if src.shape else (0,)
+            ds = dst.strides if dst.shape else (0,)
+            fn(*shape, src.buf, src.offset + i * src_step, *ss,
+               dst.buf, dst.offset + i * dst_step, *ds)
+
+    def __call__(self) -> None:
+        self._copy(self.before, 0)
+        for t in range(self.length):
+            i = self.length - 1 - t if self.reverse else t
+            self._copy(self.pre, i)
+            for launch, args in self.body:
+                launch(*args)
+            self._copy(self.post, i)
+            self._copy(self.settle, i)
+        self._copy(self.after, 0)
 
 
 def c_strides(shape: tuple) -> tuple:
@@ -459,14 +495,7 @@ class CudaCompiledFunction(CompiledFunction):
         def launch(kernel: CudaKernel, function: str, grid: Any, block: Any,
                    args: list, what: str) -> None:
             launched.append(f"{what} {kernel.name}.{function} grid={grid} block={block}")
-            fn = self._functions[(kernel.module, function)]
-            if simulator_enabled():
-                configured: Any = _SimulatorLaunch(fn, grid, block)
-            else:
-                with warnings.catch_warnings():  # small grids are expected: tiny tensors
-                    warnings.filterwarnings("ignore", message=".*under-utilization.*")
-                    configured = fn[grid, block]
-            launches.append((configured, tuple(args)))
+            launches.append((self._configure(kernel, function, grid, block), tuple(args)))
 
         def copy(kernel: CudaKernel, shape: tuple, src: Layout, dst: Layout,
                  what: str = "copy") -> None:
@@ -507,6 +536,9 @@ class CudaCompiledFunction(CompiledFunction):
                 self._prepare_index(instr, shapes, layout, store, launch, copy)
             elif isinstance(instr, Call):
                 self._prepare_call(instr, layout, store, launch)
+            elif isinstance(instr, ScanLoop):
+                launched.append(f"scan {program.nodes[instr.node].label}")
+                launches.append((self._prepare_scan(instr, shapes, layout, store), ()))
             elif isinstance(instr, Assign):
                 value = layout(instr.node)
                 target = dense(self._buffer(instr.kind, instr.name), instr.node)
@@ -515,6 +547,90 @@ class CudaCompiledFunction(CompiledFunction):
                 raise GraphError(f"internal: unknown CUDA instruction {instr!r}")
         outputs = [(layout(nid), tuple(shapes[nid])) for nid in program.outputs]
         return _Plan(phase1, phase2, feed_bufs, outputs, launched)
+
+    def _configure(self, kernel: CudaKernel, function: str, grid: Any, block: Any) -> Any:
+        """The launcher of `kernel.function` on `grid` x `block`."""
+        fn = self._functions[(kernel.module, function)]
+        if simulator_enabled():
+            return _SimulatorLaunch(fn, grid, block)
+        with warnings.catch_warnings():  # small grids are expected: tiny tensors
+            warnings.filterwarnings("ignore", message=".*under-utilization.*")
+            return fn[grid, block]
+
+    def _prepare_scan(self, instr: ScanLoop, shapes: dict, layout: Any, store: Any
+                      ) -> _ScanRun:
+        """The launches of a scan: its body's plan for these shapes, run once per step."""
+        node = self.program.nodes[instr.node]
+        body = node.attrs["body"]
+        nc, nx, ny = body.n_carry, len(body.xs), body.n_ys
+        operands = [layout(i) for i in node.inputs]
+        length = int(shapes[node.inputs[nc]][0])
+        sub = instr.function
+        names = body.input_names()
+        body_shapes = [tuple(shapes[i]) for i in node.inputs]
+        body_shapes[nc:nc + nx] = [s[1:] for s in body_shapes[nc:nc + nx]]
+        by_name = {n.name: n for n in instr.body.nodes if n.op == "input"}
+        fake = {name: np.zeros(shape, dtype=by_name[name].dtype)
+                for name, shape in zip(names, body_shapes) if name in by_name}
+        plan = sub._prepare(fake)
+        run = _ScanRun(length, body.reverse, plan.phase1 + plan.phase2)
+        cuda = _cuda()
+
+        def copy(src: Layout, dst: Layout, src_step: int, dst_step: int) -> tuple:
+            shape = src.shape or (1,)
+            kernel = instr.copies[(len(shape), np.dtype(src.buf.dtype).name)]
+            blocks = _blocks(math.prod(shape), self._config.threads, self._config)
+            return (self._configure(kernel, "kernel", blocks, self._config.threads),
+                    src, dst, src_step, dst_step)
+
+        def fed(name: str, shape: tuple) -> Layout | None:
+            buf = plan.feeds.get(name)
+            return None if buf is None else Layout(buf, 0, shape, c_strides(shape))
+
+        carries = [fed(names[k], body_shapes[k]) for k in range(nc)]
+        scratch = [Layout(cuda.to_device(np.zeros(max(math.prod(body_shapes[k]), 1),
+                                                  dtype=operands[k].buf.dtype)), 0,
+                          body_shapes[k], c_strides(body_shapes[k])) for k in range(nc)]
+        for k in range(nc):   # the carries live in the body's feed buffers (or scratch)
+            carries[k] = carries[k] or scratch[k]
+            run.before.append(copy(operands[k], carries[k], 0, 0))
+        for j in range(nx + len(body.captures)):
+            target = fed(names[nc + j], body_shapes[nc + j])
+            if target is None:
+                continue
+            src = operands[nc + j]
+            if j < nx:   # row i of the sequence
+                row = Layout(src.buf, src.offset, src.shape[1:], src.strides[1:])
+                step = src.strides[0] if src.shape and src.shape[0] else 0
+                run.pre.append(copy(row, target, step, 0))
+            else:
+                run.before.append(copy(src, target, 0, 0))
+        results = {self.program.nodes[n].attrs["index"]: store(n)
+                   for n in instr.group.stores}
+        for k in range(nc):
+            start = results.get(nc + ny + k)
+            if start is not None:
+                row = Layout(start.buf, start.offset, start.shape[1:], start.strides[1:])
+                run.pre.append(copy(carries[k], row, 0, start.strides[0]))
+        outs = [out for out, _ in plan.outputs]
+        for j in range(ny):   # ys first: they may read a carry's buffer
+            target = results.get(nc + j)
+            if target is not None:
+                row = Layout(target.buf, target.offset, target.shape[1:], target.strides[1:])
+                run.post.append(copy(outs[nc + j], row, 0, target.strides[0]))
+        carry_bufs = {id(c.buf) for c in carries}
+        for k in range(nc):   # new carries that read a carry buffer go through scratch
+            unchanged = outs[k].buf is carries[k].buf and (
+                outs[k].offset, outs[k].shape, outs[k].strides) == (
+                carries[k].offset, carries[k].shape, carries[k].strides)
+            if id(outs[k].buf) in carry_bufs and not unchanged:
+                run.post.append(copy(outs[k], scratch[k], 0, 0))
+                run.settle.append(copy(scratch[k], carries[k], 0, 0))
+            elif not unchanged:
+                run.settle.append(copy(outs[k], carries[k], 0, 0))
+            if k in results:
+                run.after.append(copy(carries[k], results[k], 0, 0))
+        return run
 
     def _prepare_loop(self, instr: Loop, shapes: dict, layout: Any, store: Any,
                       launch: Any) -> None:
@@ -733,6 +849,10 @@ def build(program: Graph, groups: list[Group], memory: MemoryPlan, report: Compi
     stats = CacheStats()
     writer = CudaStepWriter(program, groups, memory, stats, config)
     writer.write()
+    for instr in writer.instructions:   # each scan body: a function of its own
+        if isinstance(instr, ScanLoop):
+            instr.function = build(instr.body, instr.body.groups, instr.body.memory,
+                                   CompileReport(), None, False, instr.body, config)
     timings["codegen"] = time.perf_counter() - start
     report.record_kernels(len(writer.kernels), len({k.module for k in writer.kernels}), stats)
     start = time.perf_counter()
