@@ -15,7 +15,7 @@ from graphc.codegen.cache import maybe_prune
 from graphc.errors import GraphError, user_location
 from graphc.ir import Graph, as_values, building_gradient, format_shape, is_float
 from graphc.optim import Optimizer
-from graphc.passes import LOWERING_CPU, SCHEDULE, SCHEDULE_CUDA, optimize
+from graphc.passes import SCHEDULE, SCHEDULE_CUDA, optimize
 from graphc.passes.mode import apply_view
 from graphc.runtime import CompiledFunction, CompileReport
 
@@ -77,8 +77,7 @@ def compile(  # noqa: A001 - the framework's verb
     program = apply_view(program, optimizer is not None if training is None else training)
     report.nodes_before = len(program.nodes)
     program = optimize(program, timings=timings)
-    if target == "cpu":
-        program = optimize(program, LOWERING_CPU, timings=timings)
+    program = optimize(program, backends.lowering(target), timings=timings)
     report.nodes_after = len(program.nodes)
     program = optimize(program, SCHEDULE if target == "cpu" else SCHEDULE_CUDA,
                        timings=timings)

@@ -4,8 +4,9 @@ here. Nothing above this package knows which target runs.
 
 Every backend is a package with the same shape, and the same three entry points:
 
-  graphc/backends/<target>/__init__.py   prepare(), build(program, report, optimizer,
-                                         single, user_graph) -> CompiledFunction
+  graphc/backends/<target>/__init__.py   prepare(), lowering() -> graph passes,
+                                         build(program, report, optimizer, single,
+                                         user_graph) -> CompiledFunction
   graphc/backends/<target>/codegen.py    kernels and the plan that calls them
   graphc/backends/<target>/runtime.py    the compiled function: buffers, calls, results
 
@@ -45,6 +46,12 @@ def require(target: str) -> None:
 def prepare(target: str) -> None:
     """Let the backend start work that can overlap the graph passes (CPU: compile workers)."""
     _backend(target).prepare()
+
+
+def lowering(target: str) -> list[Any]:
+    """The target's own Graph -> Graph rewrites, run after the shared passes and before
+    fusion (CPU: products over a flattened batch, graphc/passes/matmul.py)."""
+    return list(_backend(target).lowering())
 
 
 def build(target: str, program: Any, report: Any, optimizer: Any, single: bool,

@@ -19,6 +19,11 @@ def prepare() -> None:
     """Nothing to start before the graph passes."""
 
 
+def lowering() -> list:
+    """No CUDA-specific graph rewrites."""
+    return []
+
+
 def build(program: Graph, report: CompileReport, optimizer: Optimizer | None, single: bool,
           user_graph: Graph) -> CompiledFunction:
     """The compiled function of a scheduled `program` (groups and memory plan set)."""
