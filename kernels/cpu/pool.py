@@ -16,7 +16,9 @@ nothing for BLAS to do. `python benchmarks/conv_bench.py` (medians, machine unde
 2x2 pooling of 64x32x28x28 float32: max 1.7 ms (numpy's strided-window reference 48.7 ms),
 its gradient 8.1 ms (32.0), average 1.3 ms (22.2), its gradient 1.3 ms (1.3). The argmax
 is computed with branch-free selects: with branches, random data made the gradient 1.8x
-slower (3.6 vs 1.9 ms for the argmax loop alone).
+slower (3.6 vs 1.9 ms for the argmax loop alone). 2x2 windows with stride 2, the common
+case, have loops of their own without the window loop (CPU time of one thread, 64x16x28x28
+float32 on a busy machine: max 1.16 -> 0.135 ms, its gradient 2.45 -> 1.27 ms).
 """
 
 from __future__ import annotations
