@@ -79,6 +79,25 @@ def rnn(steps: int, inputs: int = 16, hidden: int = 64, classes: int = 10,
                   "y": rng.integers(0, classes, size=batch)}
 
 
+def cnn(image: int = 16, batch: int = 64, classes: int = 10
+        ) -> tuple[Any, dict[str, np.ndarray]]:
+    """conv 3x3 (16 channels) -> ReLU -> 2x2 max pool -> batch norm -> conv 3x3 (32) -> ReLU
+    -> 2x2 max pool -> batch norm -> dense `classes` on (batch, 1, image, image) inputs
+    (`image` divisible by 4), mean softmax cross-entropy."""
+    g = gc.Graph(f"cnn{image}", seed=0)
+    x = g.input("x", (None, 1, image, image))
+    y = g.input("y", (None,), dtype="int64")
+    h = gc.relu(gc.nn.conv2d(x, 16, 3, padding=1, name="conv1"))
+    h = gc.nn.batch_norm(gc.nn.max_pool2d(h, 2), name="bn1")
+    h = gc.relu(gc.nn.conv2d(h, 32, 3, padding=1, name="conv2"))
+    h = gc.nn.batch_norm(gc.nn.max_pool2d(h, 2), name="bn2")
+    loss = gc.mean(gc.softmax_cross_entropy(gc.nn.linear(gc.nn.flatten(h), classes,
+                                                         name="out"), y))
+    rng = np.random.default_rng(0)
+    return loss, {"x": rng.normal(size=(batch, 1, image, image)).astype(np.float32),
+                  "y": rng.integers(0, classes, size=batch)}
+
+
 def residual_mlp(layers: int, width: int = 128, inputs: int = 64, classes: int = 10,
                  batch: int = 64) -> tuple[Any, dict[str, np.ndarray]]:
     """`layers` residual blocks h + relu(linear(h)) of `width` units between an input

@@ -81,6 +81,7 @@ def compile(  # noqa: A001 - the framework's verb
         program = apply_view(program, optimizer is not None if training is None else training)
         report.nodes_before = len(program.nodes)
         program = optimize(program, timings=timings)
+        program = optimize(program, backends.lowering(target), timings=timings)
         report.nodes_after = len(program.nodes)
         program = optimize(program, SCHEDULE if target == "cpu" else SCHEDULE_CUDA,
                            timings=timings)

@@ -503,3 +503,38 @@ def test_a_reduction_the_code_generators_do_not_know_is_refused() -> None:
             cuda_codegen._identity("prod_for_test", "float64")
     finally:
         OPS.pop("prod_for_test", None)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_products_of_transposed_views_read_them_in_place(dtype: str) -> None:
+    """Attention-style products of heads split off a (batch, time, features) value
+    (reshape + transpose views, rank 4, and a rank-3 transpose) and their gradients: BLAS
+    reads the strided views with their row stride and batch strides, without copies."""
+    rng = np.random.default_rng(1)
+    t, heads, d = 3, 2, 4
+    g = gc.Graph("heads", dtype=dtype)
+    x = g.input("x", (None, t, heads * d))
+    y = g.input("y", (None, t, heads * d))
+
+    def split(v: gc.Value) -> gc.Value:
+        return gc.transpose(gc.reshape(gc.tanh(v), (-1, t, heads, d)), (0, 2, 1, 3))
+
+    q, k = split(x), split(y)
+    scores = q @ gc.transpose(k, (0, 1, 3, 2))
+    mixed = gc.transpose(q, (0, 1, 3, 2)) @ k + g.const(rng.normal(size=(d, t))) @ q
+    seq = gc.transpose(gc.tanh(x), (0, 2, 1)) @ gc.tanh(y)
+    values = [scores, mixed, seq]
+    loss = sum(gc.sum(v * g.const(rng.normal(size=v.shape[1:]))) for v in values)
+    outputs = [*values, *gc.grad(loss, [x, y])]
+    compiled = gc.compile(outputs)
+    layouts = [i.kernel.source.splitlines()[0] for i in compiled.code.instructions
+               if "matrix product" in i.kernel.source.splitlines()[0]]
+    assert any("n4" in s for s in layouts) and any("t4" in s for s in layouts), layouts
+    read_by_products = {i for n in compiled.program.nodes if n.op == "matmul" for i in n.inputs}
+    assert not [i for i in compiled.code.instructions
+                if i.what.startswith("copy") and i.nodes[0] in read_by_products]
+    for batch in (2, 3):
+        feeds = {"x": rng.normal(size=(batch, t, heads * d)).astype(dtype),
+                 "y": rng.normal(size=(batch, t, heads * d)).astype(dtype)}
+        for got, want in zip(compiled(**feeds), gc.evaluate(outputs, feeds)):
+            np.testing.assert_allclose(got, want, **TOL[dtype])

@@ -31,10 +31,12 @@ from graphc.ir import Graph, ancestors
 from graphc.ops import OPS
 from graphc.optim import Optimizer
 from graphc.passes import (
+    LOWERING_CPU,
     PIPELINE,
     SCHEDULE,
     eliminate_common_subexpressions,
     eliminate_dead_code,
+    flatten_matmuls,
     optimize,
     simplify,
     verify,
@@ -256,6 +258,59 @@ def test_pipeline_timings_are_recorded() -> None:
     optimize(program("algebra"), timings=timings)
     assert set(timings) == {p.__name__ for p in PIPELINE}
     assert all(t >= 0 for t in timings.values())
+
+
+def batched_linear_program(dtype: str = "float64") -> Graph:
+    """Linear layers on 3-D and 4-D inputs (one with a transposed weight), a batched
+    product of two 3-D values and their gradients, trained with Adam."""
+    g = gc.Graph("batched_linear", dtype=dtype, seed=3)
+    x = g.input("x", (None, 3, 4))
+    h = gc.tanh(gc.nn.linear(x, 5, name="l1"))
+    u = gc.reshape(gc.nn.linear(h, 4, name="l2"), (-1, 3, 2, 2))
+    v = gc.nn.linear(u, 3, name="l3") @ gc.transpose(g.param("t", np.ones((6, 3)) / 5))
+    att = gc.softmax(h @ gc.transpose(h, (0, 2, 1)), axis=-1) @ h
+    loss = gc.mean(gc.square(v)) + gc.mean(att)
+    return build_program([loss], gc.optim.Adam(1e-2), [], {})
+
+
+def batched_products(graph: Graph) -> int:
+    """Live matrix products with an operand of rank 3 or more and a 2-D one."""
+    live = ancestors(graph, list(graph.outputs) + [n for _, n in graph.updates])
+    return sum(1 for n in graph.nodes if n.op == "matmul" and n.id in live
+               and sorted(len(graph.nodes[i].shape) >= 3 for i in n.inputs) == [False, True])
+
+
+def summed_products(graph: Graph) -> int:
+    """Live weight gradients of linear layers on batched input computed as a batched
+    product summed over its batch axes."""
+    live = ancestors(graph, list(graph.outputs) + [n for _, n in graph.updates])
+    return sum(1 for n in graph.nodes if n.op == "sum" and n.id in live
+               and graph.nodes[n.inputs[0]].op == "matmul" and len(n.shape) == 2
+               and n.attrs["axes"] == tuple(range(len(graph.nodes[n.inputs[0]].shape) - 2)))
+
+
+def test_flatten_matmuls_makes_2d_products_with_the_same_values() -> None:
+    graph = optimize(batched_linear_program())
+    lowered = optimize(graph, LOWERING_CPU)
+    verify(lowered)
+    assert batched_products(graph) > 0
+    assert batched_products(lowered) == 0, "a product of a batch by a matrix is left"
+    assert summed_products(graph) == 4 and summed_products(lowered) == 0
+    assert count_live(lowered, "matmul") == count_live(graph, "matmul")
+    feeds = make_feeds(graph)
+    # only the order of the sums differs: float64 rounding, never more
+    for got, want in zip(results(lowered, feeds), results(graph, feeds)):
+        assert got.shape == want.shape and got.dtype == want.dtype
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+
+
+def test_flatten_matmuls_leaves_batched_products_alone() -> None:
+    g = gc.Graph("bmm", dtype="float64")
+    a = g.input("a", (None, 3, 4))
+    b = g.input("b", (None, 4, 2))
+    out = program_with_outputs([a @ b, gc.sum(gc.transpose(a, (0, 2, 1)) @ a, axis=1)])
+    lowered = flatten_matmuls(out)
+    assert [n.op for n in lowered.nodes] == [n.op for n in out.nodes]
 
 
 # -- 2. each pass does what its docstring says -------------------------------------------------

@@ -11,6 +11,15 @@ from typing import Any, Protocol
 
 IMPLS = ("numpy", "torch", "jax", "graphc")
 
+#: The workload kinds (``benchmarks.workloads.Workload.kind``) each implementation has a
+#: training step for; the others are reported as not measured.
+KINDS: dict[str, tuple[str, ...]] = {
+    "numpy": ("mlp", "ffn", "rnn"),
+    "torch": ("mlp", "ffn"),
+    "jax": ("mlp", "ffn", "gpt", "cnn", "rnn"),
+    "graphc": ("mlp", "ffn", "gpt", "cnn", "rnn"),
+}
+
 
 class Runner(Protocol):
     """A built training step bound to its prepared batches."""

@@ -18,8 +18,37 @@ from benchmarks.workloads import LN_EPS, LR, Batch, Workload
 VERSION = str(getattr(gc, "__version__", "unknown"))
 
 
+#: Names of the feeds ``x`` and ``y`` of a batch, per workload kind.
+FEEDS = {"gpt": ("ids", "targets")}
+
+
+def model_loss(wl: Workload, params: dict[str, np.ndarray]) -> Any:
+    """The loss of a ``gpt``, ``cnn`` or ``rnn`` workload: the model of
+    ``benchmarks/models.py``, its parameters set to ``params``."""
+    from benchmarks import models
+
+    if wl.kind == "gpt":
+        blocks, vocab, context, width, heads = wl.sizes
+        loss, _ = models.char_transformer(blocks, vocab, context, width, heads, wl.batch)
+    elif wl.kind == "cnn":
+        loss, _ = models.cnn(wl.sizes[0], wl.batch)
+    else:
+        steps, n_in, hidden, classes = wl.sizes
+        loss, _ = models.rnn(steps, n_in, hidden, classes, wl.batch)
+    values = loss.graph.param_values
+    if {k: v.shape for k, v in values.items()} != {k: v.shape for k, v in params.items()}:
+        raise ValueError(f"{wl.name}: the model's parameters "
+                         f"{ {k: v.shape for k, v in values.items()} } are not the "
+                         f"workload's { {k: v.shape for k, v in params.items()} }")
+    for name, value in params.items():
+        values[name][...] = value
+    return loss
+
+
 def build_loss(wl: Workload, params: dict[str, np.ndarray]) -> Any:
     """Declare the workload's graph in a fresh ``gc.Graph``; return the scalar loss Value."""
+    if wl.kind in ("gpt", "cnn", "rnn"):
+        return model_loss(wl, params)
     g = gc.Graph(wl.name, seed=0)
     if wl.kind == "mlp":
         x = g.input("x", (None, wl.sizes[0]))
@@ -65,11 +94,12 @@ class GraphcRunner:
         t2 = time.perf_counter()
         self.phases: dict[str, float] = {"build_s": t1 - t0, "compile_s": t2 - t1}
         self.batches = batches
+        self.feeds = FEEDS.get(wl.kind, ("x", "y"))
 
     def step(self, i: int) -> Any:
         """One compiled training step on batch ``i % n_batches``; returns the loss."""
         x, y = self.batches[i % len(self.batches)]
-        return self.compiled(x=x, y=y)
+        return self.compiled(**dict(zip(self.feeds, (x, y))))
 
     def sync(self, out: Any) -> None:
         """The compiled step returns after the update: nothing to wait for."""

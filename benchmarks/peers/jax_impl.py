@@ -44,6 +44,22 @@ def ffn_loss(params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.mean(jnp.square(out - y))
 
 
+def model_loss(wl: Workload) -> Any:
+    """``loss(params, x, y)`` of a ``gpt``, ``cnn`` or ``rnn`` workload, from
+    ``benchmarks/peers/jax_models.py`` (whose own initial values are not used)."""
+    from benchmarks.peers import jax_models
+
+    if wl.kind == "gpt":
+        blocks, vocab, context, width, heads = wl.sizes
+        fn, _, _ = jax_models.char_transformer(blocks, vocab, context, width, heads, wl.batch)
+        return lambda p, x, y: fn(p, {"ids": x, "targets": y})
+    if wl.kind == "cnn":
+        fn, _, _ = jax_models.cnn(wl.sizes[0], wl.batch)
+    else:
+        fn, _, _ = jax_models.rnn(*wl.sizes, batch=wl.batch)
+    return lambda p, x, y: fn(p, {"x": x, "y": y})
+
+
 def adam(
     params: Params, grads: Params, m: Params, v: Params, t: jax.Array
 ) -> tuple[Params, Params, Params, jax.Array]:
@@ -72,6 +88,10 @@ class JaxRunner:
         if wl.kind == "mlp":
             loss_fn = partial(mlp_loss, n_layers=wl.n_layers, act=wl.activation)
             batches = [(x, y.astype(np.int32)) for x, y in batches]
+        elif wl.kind in ("gpt", "cnn", "rnn"):
+            loss_fn = model_loss(wl)
+            batches = [(x.astype(np.int32) if wl.kind == "gpt" else x, y.astype(np.int32))
+                       for x, y in batches]
         else:
             loss_fn = ffn_loss
 

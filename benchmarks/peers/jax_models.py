@@ -135,6 +135,44 @@ def rnn(steps: int, inputs: int = 16, hidden: int = 64, classes: int = 10,
     }
 
 
+def cnn(image: int = 16, batch: int = 64, classes: int = 10
+        ) -> tuple[LossFn, Params, Batch]:
+    """``models.cnn``: conv-ReLU-max pool-batch norm (batch statistics) twice, then a linear
+    classifier; NCHW like graphc."""
+    init = _Init()
+    for i, (c_in, c_out) in enumerate(((1, 16), (16, 32)), start=1):
+        init.add(f"conv{i}.w", init.rng.normal(0.0, math.sqrt(2.0 / (9 * c_in)),
+                                                size=(c_out, c_in, 3, 3)))
+        init.add(f"conv{i}.b", np.zeros(c_out))
+        init.layer_norm(f"bn{i}", c_out)
+    init.linear("out", 32 * (image // 4) ** 2, classes)
+
+    def channels(v: jax.Array) -> jax.Array:
+        return v[None, :, None, None]
+
+    def block(p: Params, i: int, x: jax.Array) -> jax.Array:
+        h = jax.lax.conv_general_dilated(x, p[f"conv{i}.w"], (1, 1), ((1, 1), (1, 1)),
+                                         dimension_numbers=("NCHW", "OIHW", "NCHW"))
+        h = jax.nn.relu(h + channels(p[f"conv{i}.b"]))
+        h = jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2),
+                                  "VALID")
+        mu = jnp.mean(h, axis=(0, 2, 3), keepdims=True)
+        hc = h - mu
+        var = jnp.mean(hc * hc, axis=(0, 2, 3), keepdims=True)
+        return (hc * jax.lax.rsqrt(var + LN_EPS) * channels(p[f"bn{i}.gain"])
+                + channels(p[f"bn{i}.bias"]))
+
+    def loss(p: Params, feeds: Batch) -> jax.Array:
+        h = block(p, 2, block(p, 1, feeds["x"]))
+        return cross_entropy(linear(p, "out", jnp.reshape(h, (h.shape[0], -1))), feeds["y"])
+
+    rng = np.random.default_rng(0)
+    return loss, init.params, {
+        "x": rng.normal(size=(batch, 1, image, image)).astype(np.float32),
+        "y": rng.integers(0, classes, size=batch).astype(np.int32),
+    }
+
+
 def residual_mlp(layers: int, width: int = 128, inputs: int = 64, classes: int = 10,
                  batch: int = 64) -> tuple[LossFn, Params, Batch]:
     """``models.residual_mlp``: ``layers`` blocks h + relu(linear(h))."""

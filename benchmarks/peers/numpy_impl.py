@@ -242,8 +242,73 @@ class NumpyFFN(_Base):
         return loss
 
 
+class NumpyRNN(_Base):
+    """A tanh RNN unrolled over the sequence, softmax cross-entropy on the last state;
+    backpropagation through time."""
+
+    def __init__(self, wl: Workload, params: dict[str, np.ndarray], batches: list[Batch]) -> None:
+        super().__init__(wl, params, batches)
+        steps, _, hidden, classes = wl.sizes
+        b = wl.batch
+        self.h = np.empty((steps, b, hidden), F32)   # hidden state after each step
+        self.dh = np.empty((b, hidden), F32)
+        self.dpre = np.empty((b, hidden), F32)
+        self.part_in = np.empty_like(self.g["cell.wx"])
+        self.part_h = np.empty_like(self.g["cell.wh"])
+        self.probs = np.empty((b, classes), F32)
+        self.rows = np.arange(b)
+
+    def step(self, i: int) -> np.float32:
+        """One training step on batch ``i % n_batches``; returns the loss before the update."""
+        x, y = self.batches[i % len(self.batches)]
+        p, g, h = self.p, self.g, self.h
+        steps = h.shape[0]
+        for t in range(steps):
+            np.dot(x[:, t, :], p["cell.wx"], out=h[t])
+            h[t] += p["cell.b"]
+            if t:
+                np.dot(h[t - 1], p["cell.wh"], out=self.dh)
+                h[t] += self.dh
+            np.tanh(h[t], out=h[t])
+        probs, rows = self.probs, self.rows
+        np.dot(h[-1], p["out.w"], out=probs)
+        probs += p["out.b"]
+        probs -= probs.max(axis=1, keepdims=True)
+        picked = probs[rows, y]
+        np.exp(probs, out=probs)
+        s = probs.sum(axis=1, keepdims=True)
+        loss = np.mean(np.log(s[:, 0]) - picked)
+        probs /= s
+        probs[rows, y] -= 1.0
+        probs *= 1.0 / x.shape[0]
+        np.dot(h[-1].T, probs, out=g["out.w"])
+        np.sum(probs, axis=0, out=g["out.b"])
+        dh, dpre = self.dh, self.dpre
+        np.dot(probs, p["out.w"].T, out=dh)
+        g["cell.wx"][...] = 0.0
+        g["cell.wh"][...] = 0.0
+        g["cell.b"][...] = 0.0
+        for t in range(steps - 1, -1, -1):
+            np.multiply(h[t], h[t], out=dpre)
+            np.subtract(1.0, dpre, out=dpre)
+            dpre *= dh
+            np.dot(x[:, t, :].T, dpre, out=self.part_in)
+            g["cell.wx"] += self.part_in
+            g["cell.b"] += dpre.sum(axis=0)
+            if t:
+                np.dot(h[t - 1].T, dpre, out=self.part_h)
+                g["cell.wh"] += self.part_h
+                np.dot(dpre, p["cell.wh"].T, out=dh)
+        self.adam.update()
+        return loss
+
+
 def build(wl: Workload, params: dict[str, np.ndarray], batches: list[Batch]) -> _Base:
     """Build the numpy training step for ``wl`` from initial ``params`` and ``batches``."""
     if wl.kind == "mlp":
         return NumpyMLP(wl, params, batches)
-    return NumpyFFN(wl, params, batches)
+    if wl.kind == "rnn":
+        return NumpyRNN(wl, params, batches)
+    if wl.kind == "ffn":
+        return NumpyFFN(wl, params, batches)
+    raise NotImplementedError(f"no hand-written numpy step for {wl.kind} workloads")

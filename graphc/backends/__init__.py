@@ -4,7 +4,8 @@ here. Nothing above this package knows which target runs.
 
 Every backend is a package with the same shape, and the same three entry points:
 
-  graphc/backends/<target>/__init__.py   prepare(), load_compiled(request, report, single)
+  graphc/backends/<target>/__init__.py   prepare(), lowering() -> graph passes,
+                                         load_compiled(request, report, single)
                                          -> CompiledFunction | None, build(program, report,
                                          single, request) -> CompiledFunction
   graphc/backends/<target>/codegen.py    kernels and the plan that calls them
@@ -59,6 +60,12 @@ def require(target: str) -> None:
 def prepare(target: str) -> None:
     """Let the backend start work that can overlap the graph passes (CPU: compile workers)."""
     _backend(target).prepare()
+
+
+def lowering(target: str) -> list[Any]:
+    """The target's own Graph -> Graph rewrites, run after the shared passes and before
+    fusion (CPU: products over a flattened batch, graphc/passes/matmul.py)."""
+    return list(_backend(target).lowering())
 
 
 def load_compiled(target: str, request: CompileRequest, report: Any, single: bool) -> Any:

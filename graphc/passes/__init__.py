@@ -10,6 +10,7 @@ from graphc.ir import Graph
 from graphc.passes.cse import eliminate_common_subexpressions
 from graphc.passes.dce import eliminate_dead_code
 from graphc.passes.fusion import fuse
+from graphc.passes.matmul import flatten_matmuls
 from graphc.passes.memory import plan_memory
 from graphc.passes.sharding import plan_shards
 from graphc.passes.simplify import simplify
@@ -18,6 +19,10 @@ Pass = Callable[[Graph], Graph]
 
 PIPELINE: list[Pass] = [simplify, eliminate_common_subexpressions, simplify,
                         eliminate_dead_code]
+
+# Rewrites for the CPU target that keep every value up to the order in which floating-point
+# sums are taken (so not bitwise, unlike PIPELINE): run after PIPELINE, before SCHEDULE.
+LOWERING_CPU: list[Pass] = [flatten_matmuls, simplify, eliminate_dead_code]
 
 
 def fusion(graph: Graph) -> Graph:
@@ -93,7 +98,6 @@ def optimize(graph: Graph, passes: list[Pass] | None = None,
     return graph
 
 
-__all__ = ["PIPELINE", "SCHEDULE", "SCHEDULE_CUDA", "eliminate_common_subexpressions",
-           "eliminate_dead_code", "fusion", "memory_planning", "optimize", "schedule_subgraph",
-           "sharding", "simplify",
-           "verify"]
+__all__ = ["LOWERING_CPU", "PIPELINE", "SCHEDULE", "SCHEDULE_CUDA",
+           "eliminate_common_subexpressions", "eliminate_dead_code", "flatten_matmuls", "fusion",
+           "memory_planning", "optimize", "schedule_subgraph", "sharding", "simplify", "verify"]

@@ -20,6 +20,7 @@ from graphc.codegen.cache import CacheStats, load_module, purge, write_module
 from graphc.errors import GraphError, user_location
 from graphc.ir import Graph
 from graphc.optim import Optimizer
+from graphc.passes import LOWERING_CPU
 from graphc.runtime import CompiledFunction, CompileReport
 from kernels.cpu.threads import shard_count
 
@@ -34,6 +35,12 @@ def require() -> None:
 def prepare() -> None:
     """Called before the graph passes: start compile workers early if the cache is cold."""
     prestart_workers(write_module("graphc_kernel", executor_source())[1])
+
+
+def lowering() -> list[Any]:
+    """LOWERING_CPU, unless the batch is sharded (GRAPHC_SHARDS > 1): flattening a batched
+    operand into rows merges the batch axis, which sharding must keep."""
+    return LOWERING_CPU if shard_count() == 1 else []
 
 
 def _program_key(request: CompileRequest) -> str | None:

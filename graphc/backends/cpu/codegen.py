@@ -276,19 +276,27 @@ class ProgramWriter:
     def emit_matmul(self, node: Node, group: Group) -> None:
         batch = len(node.shape) - 2
         args: list[tuple] = [("batch", node.id, tuple(range(batch))) if batch else ("int", 1),
+                             ("size", node.id, batch - 1) if batch else ("int", 1),
                              ("size", node.id, batch), ("size", node.inputs[0], -1),
                              ("size", node.id, batch + 1)]
+        layouts = []
         for operand in node.inputs:
-            args += self.gemm_operand(operand, node)
+            entries, layout = self.gemm_operand(operand, node)
+            args += entries
+            layouts.append(layout)
         args.append(("addr", self.ref(node.id)))
-        self.add(gemm_source(node.dtype), args, [node.id], describe_group(self.graph, group),
-                 group)
+        self.add(gemm_source(node.dtype, *layouts), args, [node.id],
+                 describe_group(self.graph, group), group)
 
-    def gemm_operand(self, operand: int, product: Node) -> list[tuple]:
-        """An operand's block entries for gemm_source: address, batched, transposed, row
-        length. Read in place when it is contiguous, or a contiguous array with its last two
-        axes swapped; otherwise from a contiguous copy (broadcast to the product's batch
-        axes if only some of them are its own)."""
+    def gemm_operand(self, operand: int, product: Node) -> tuple[list[tuple], int | str]:
+        """An operand's block entries for gemm_source and its layout there: 0 (entries:
+        address, batched, transposed, row length), read in place when it is contiguous, or
+        a contiguous array with its last two axes swapped, otherwise from a contiguous copy
+        (broadcast to the product's batch axes if only some of them are its own); or
+        "n"/"t" (entries: address, byte strides of every axis) for a transposed view of a
+        contiguous array whose last axis stays one of the matrix axes (attention heads
+        split off a (batch, time, features) array): BLAS reads it in place, with the
+        view's row stride as leading dimension and its batch strides (at most 2)."""
         node = self.graph.nodes[operand]
         rank = len(node.shape)
         batch = product.shape[:-2]
@@ -298,15 +306,39 @@ class ProgramWriter:
             batched = 1
         else:
             ref = self.copy_of(operand, ("bcast", operand, product.id))
-            return [("addr", ref), ("int", 1), ("int", ord("n")), ("size", operand, rank - 1)]
+            return [("addr", ref), ("int", 1), ("int", ord("n")),
+                    ("size", operand, rank - 1)], 0
         if not self.is_contiguous(operand) and node.op == "transpose" \
                 and node.attrs["perm"] == (*range(rank - 2), rank - 1, rank - 2) \
                 and self.is_contiguous(node.inputs[0]):
             stored = node.inputs[0]
             return [("addr", self.ref(stored)), ("int", batched), ("int", ord("t")),
-                    ("size", stored, rank - 1)]
+                    ("size", stored, rank - 1)], 0
+        layout = self.strided_layout(operand)
+        if batched and layout is not None and 3 <= rank <= 4:
+            return [("addr", self.ref(operand)), ("strides", self.ref(operand))], \
+                f"{layout}{rank}"
         return [("addr", self.contiguous_ref(operand)), ("int", batched), ("int", ord("n")),
-                ("size", operand, rank - 1)]
+                ("size", operand, rank - 1)], 0
+
+    def strided_layout(self, nid: int) -> str | None:
+        """"n" or "t" if `nid` is transposes (views) of a contiguous array whose last axis
+        (unit stride) is the view's last or second-to-last axis, else None."""
+        perm = self.view_permutation(nid)
+        if perm is None or perm == tuple(range(len(perm))):
+            return None
+        last = len(perm) - 1
+        return "n" if perm[-1] == last else "t" if perm[-2] == last else None
+
+    def view_permutation(self, nid: int) -> tuple[int, ...] | None:
+        """p such that `nid` is transpose(contiguous array, p) through views, or None."""
+        node = self.graph.nodes[nid]
+        if self.is_contiguous(nid):
+            return tuple(range(len(node.shape)))
+        if node.op != "transpose" or nid not in self.memory.alias:
+            return None
+        inner = self.view_permutation(node.inputs[0])
+        return None if inner is None else tuple(inner[p] for p in node.attrs["perm"])
 
     def emit_index(self, node: Node, group: Group) -> None:
         out = self.ref(node.id)
@@ -651,31 +683,58 @@ def _merged_shape(shape: tuple, full_space: tuple, axes: list[list[int]], space:
     return tuple(merged_shape)
 
 
-def gemm_source(dtype: str) -> str:
-    """out[i] (m, n) = a[i] (m, k) @ b[i] (k, n) for i < batch, through BLAS. Block: batch, m,
-    k, n; then for a and for b: address, whether it has a batch axis (0: every i reads
+def gemm_source(dtype: str, layout_a: int | str = 0, layout_b: int | str = 0) -> str:
+    """out[i] (m, n) = a[i] (m, k) @ b[i] (k, n) for i < batch, through BLAS. Block: batch,
+    the size of the last batch axis, m, k, n; then for a and for b, by its layout (see
+    ProgramWriter.gemm_operand): 0: address, whether it has a batch axis (0: every i reads
     matrix 0), ord("t") if it is stored transposed (as (k, m), or (n, k)) else ord("n"),
-    its row length in memory; then the address of out. Every matrix product of every model
-    of this dtype is this one kernel."""
+    its row length in memory; "n3", "n4", "t3", "t4" (a strided view of that rank whose
+    matrices are row-major or transposed): address, byte strides of its axes; then the
+    address of out.
+    Every matrix product of every model of this dtype and these layouts is this one
+    kernel."""
     item = np.dtype(dtype).itemsize
     gemm = "gemm_f64" if dtype == "float64" else "gemm_f32"
-    body = ["batch = a[0]", "m = a[1]", "k = a[2]", "n = a[3]",
-            "pa = a[4]", "sa = a[5] * m * k * " + str(item), "ta = a[6]", "lda = max(a[7], 1)",
-            "pb = a[8]", "sb = a[9] * k * n * " + str(item), "tb = a[10]", "ldb = max(a[11], 1)",
-            "pc = a[12]",
-            "if k == 0:",
-            f"    out = carray(address(pc), (batch * m * n,), {CTOR[dtype]})",
-            "    for i in range(batch * m * n):",
-            "        out[i] = 0",
-            "    return 0",
-            "if m == 0 or n == 0:",
-            "    return 0",
-            # row-major out = a @ b is column-major out^T = b^T a^T: BLAS gets b first
-            "for i in range(batch):",
-            f"    {gemm}(tb, ta, n, m, k, pb + i * sb, ldb, pa + i * sa, lda,",
-            f"           pc + i * (m * n * {item}), n)"]
-    return _source("exact", f"matrix product {dtype}", body,
-                   f"from kernels.cpu.program import {gemm}\n")
+    body = ["batch = a[0]", "inner = a[1]", "m = a[2]", "k = a[3]", "n = a[4]"]
+    position = 5
+    for name, layout, rows, cols in (("a", layout_a, "m", "k"), ("b", layout_b, "k", "n")):
+        body.append(f"p{name} = a[{position}]")
+        if layout == 0:
+            body += [f"s{name}0 = a[{position + 1}] * {rows} * {cols} * {item}",
+                     f"s{name}1 = 0", f"inner_{name} = 1",
+                     f"t{name} = a[{position + 2}]", f"ld{name} = max(a[{position + 3}], 1)"]
+            position += 4
+            continue
+        # a strided view: byte strides of its batch axes (one or two), then of its rows
+        # and columns; one of those two is the item size
+        trans, rank = str(layout)[0], int(str(layout)[1])
+        row, col = position + rank - 1, position + rank
+        body += [f"s{name}0 = a[{position + 1}]",
+                 f"s{name}1 = a[{position + 2}]" if rank == 4 else f"s{name}1 = 0",
+                 f"inner_{name} = inner" if rank == 4 else f"inner_{name} = 1",
+                 f"t{name} = {ord(trans)}",
+                 f"ld{name} = max(a[{row if trans == 'n' else col}] // {item}, 1)"]
+        position += 1 + rank
+    body += [f"pc = a[{position}]",
+             "if k == 0:",
+             f"    out = carray(address(pc), (batch * m * n,), {CTOR[dtype]})",
+             "    for i in range(batch * m * n):",
+             "        out[i] = 0",
+             "    return 0",
+             "if m == 0 or n == 0:",
+             "    return 0",
+             # row-major out = a @ b is column-major out^T = b^T a^T: BLAS gets b first
+             "for i in range(batch):",
+             "    ia0 = i // inner_a",
+             "    ia1 = i - ia0 * inner_a",
+             "    ib0 = i // inner_b",
+             "    ib1 = i - ib0 * inner_b",
+             f"    {gemm}(tb, ta, n, m, k, pb + ib0 * sb0 + ib1 * sb1, ldb,",
+             "           pa + ia0 * sa0 + ia1 * sa1, lda,",
+             f"           pc + i * (m * n * {item}), n)"]
+    title = f"matrix product {dtype}" + (f" ({layout_a}, {layout_b})" if layout_a or layout_b
+                                         else "")
+    return _source("exact", title, body, f"from kernels.cpu.program import {gemm}\n")
 
 
 def copy_source(dtype: str, rank: int) -> str:

@@ -92,9 +92,26 @@ def reduction_loops(op: str, dtype: str, axes: list[int], rank: int, body: list[
         lines.append("    " * inner + f"acc = {combine(op, 'acc', value)}")
         lines.append("    " * d + f"{out}[{out_index}] = acc")
         return lines
-    # general case: accumulate in the output array
     init_body = [f"{out}[{out_index}] = {init}"]
     lines = nest(len(kept), kept, init_body, depth)
+    inner = rank
+    while inner > 0 and inner - 1 in axes:
+        inner -= 1
+    if inner < rank:
+        # the innermost axes are reduced: accumulate them in a register, then into the
+        # output (a store per element would chain every addition through memory)
+        for level, a in enumerate(range(inner)):
+            lines.append("    " * (depth + level) + f"for i{a} in range(n{a}):")
+        d = depth + inner
+        lines.append("    " * d + f"acc = {init}")
+        for level, a in enumerate(range(inner, rank)):
+            lines.append("    " * (d + level) + f"for i{a} in range(n{a}):")
+        lines += ["    " * (d + rank - inner) + b for b in body]
+        lines.append("    " * (d + rank - inner) + f"acc = {combine(op, 'acc', value)}")
+        lines.append("    " * d + f"{out}[{out_index}] = "
+                     f"{combine(op, f'{out}[{out_index}]', 'acc')}")
+        return lines
+    # the innermost axis is kept: accumulate in the output array, a vector of that axis
     lines += nest(rank, range(rank), body + [
         f"{out}[{out_index}] = {combine(op, f'{out}[{out_index}]', value)}"], depth)
     return lines

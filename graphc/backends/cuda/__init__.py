@@ -23,6 +23,11 @@ def prepare() -> None:
     """Nothing to start before the graph passes."""
 
 
+def lowering() -> list:
+    """No CUDA-specific graph rewrites."""
+    return []
+
+
 def load_compiled(request: CompileRequest, report: CompileReport,
                   single: bool) -> CompiledFunction | None:
     """CUDA programs are built afresh each time (their kernels are cached on disk)."""
