@@ -13,7 +13,7 @@ from graphc import data, metrics, nn, optim
 from graphc.autodiff import grad
 from graphc.checkpoint import CheckpointError
 from graphc.compiler import compile
-from graphc.errors import FeedError, GraphError, NonFiniteError
+from graphc.errors import FeedError, GraphError, IndexRangeError, NonFiniteError
 from graphc.inspect import format_graph, to_dot, to_networkx
 from graphc.interpret import evaluate
 from graphc.ir import Graph, Value
@@ -33,9 +33,10 @@ __version__ = "0.1.0"
 __all__ = [
     "custom_op", "defop",
     "Callback", "Checkpoint", "CheckpointError", "EarlyStopping", "History", "fit", "metrics",
-    "FeedError", "Graph", "GraphError", "NonFiniteError", "Value", "abs", "add", "broadcast_to",
-    "cast", "compile", "concat", "data", "div", "equal", "erf", "evaluate", "exp",
-    "expand_dims", "format_graph", "gelu", "grad", "greater", "leaky_relu", "less", "log",
+    "FeedError", "Graph", "GraphError", "IndexRangeError", "NonFiniteError", "Value", "abs",
+    "add", "broadcast_to", "cast", "compile", "concat", "data", "div", "equal", "erf",
+    "evaluate", "exp", "expand_dims", "format_graph", "gelu", "grad", "greater", "leaky_relu",
+    "less", "log",
     "log_softmax", "logsumexp", "matmul", "max", "maximum", "mean", "min", "minimum", "mse",
     "mul", "neg", "nn", "one_hot", "optim", "pow", "relu", "reshape", "rsqrt", "sigmoid",
     "sign", "softmax", "softmax_cross_entropy", "sqrt", "square", "squeeze", "stack",

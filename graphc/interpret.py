@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from graphc.errors import GraphError, NonFiniteError
+from graphc.errors import GraphError, IndexRangeError, NonFiniteError
 from graphc.feeds import check_feeds
 from graphc.ir import Graph, ancestors, as_values, format_shape
 from graphc.ops import OPS
@@ -38,6 +38,9 @@ def run_nodes(graph: Graph, output_ids: list[int], feeds: Mapping[str, Any], *,
                 args = [values[i] for i in node.inputs]
                 try:
                     result = np.asarray(OPS[node.op].ref(*args, **node.attrs))
+                except IndexRangeError as err:
+                    raise IndexRangeError(f"{node.op} {node.label} built at {node.where}: "
+                                          f"{err}") from None
                 except (ValueError, IndexError) as err:
                     shapes = ", ".join(f"{a.shape} {a.dtype}" for a in args)
                     raise GraphError(f"{node.op} {node.label} built at {node.where} failed on "

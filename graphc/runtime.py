@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from graphc.errors import GraphError, NonFiniteError
+from graphc.errors import FeedError, GraphError, IndexRangeError, NonFiniteError
 from graphc.feeds import check_feeds
 from graphc.inspect import format_nodes
 from graphc.interpret import run_nodes
@@ -101,6 +101,17 @@ class _Signature:
         self.nshards = len(bounds) - 1
         self.bounds = bounds
         self.shard_sizes = shard_sizes
+        self.status = np.zeros(1, dtype=np.int64)   # 2: an index was out of range
+
+
+def _refuse_empty_batch(inputs: list[Any], arrays: dict[str, np.ndarray]) -> None:
+    """FeedError for a training step fed 0 rows: its mean loss would be 0/0 (PyTorch gives
+    NaN and trains on it); predicting on 0 rows is fine and gives 0 rows."""
+    for node in inputs:
+        if node.shape and node.shape[0] is None and arrays[node.name].shape[0] == 0:
+            raise FeedError(f"input {node.name!r} was fed a batch of 0 rows "
+                            f"{arrays[node.name].shape}: a training step needs at least one "
+                            f"(declared at {node.where})")
 
 
 def concrete_shapes(graph: Graph, feeds: dict[str, np.ndarray]) -> dict[int, tuple]:
@@ -227,6 +238,8 @@ class CompiledFunction:
         """Validate the feeds and set this step's hyperparameters: (feed arrays, the step
         number this call will be, the feed-shape key of its buffers)."""
         arrays = check_feeds(self._inputs, feeds, all_inputs=self._user_inputs)
+        if self.optimizer is not None:
+            _refuse_empty_batch(self._inputs, arrays)
         step_number = self.state["step"] + 1
         if self.optimizer is not None:
             for name, value in self.optimizer.hypers(step_number).items():
@@ -246,7 +259,10 @@ class CompiledFunction:
             args[slot] = a.reshape(1) if a.ndim == 0 else a
         set_blas_threads(sig.blas_threads)
         ok, outs = self._fn(*args, sig.sizes, self.check_finite and self.optimizer is not None,
-                            sig.nshards, sig.bounds, sig.shard_sizes)
+                            sig.nshards, sig.bounds, sig.shard_sizes, sig.status)
+        if sig.status[0]:   # a take kernel's range check
+            sig.status[0] = 0
+            raise self._index_error(arrays, "take")
         if not ok:
             return self._non_finite(arrays, outs)
         if self.optimizer is not None:
@@ -262,6 +278,22 @@ class CompiledFunction:
         if self.optimizer is not None:
             return results[0] if len(results) == 1 else tuple(results)
         return results[0] if self._single else tuple(results)
+
+    def _index_error(self, arrays: dict[str, np.ndarray], where: str) -> IndexRangeError:
+        """The error for a step a kernel stopped on an index out of range: the reference
+        interpreter's, which names the node, its line, the index and the valid range
+        (`where`, what the kernel knew, if the interpreter finds nothing)."""
+        feeds = dict(arrays)
+        feeds.update({k: v.reshape(()) for k, v in self._hyper.items()})
+        roots = list(self.program.outputs) + [nid for _, nid in self.program.updates]
+        message = f"{where}: an index is out of range for the axis it indexes"
+        try:
+            run_nodes(self.program, roots, feeds)
+        except IndexRangeError as err:
+            message = str(err)
+        if self.optimizer is not None:
+            message += "; parameters and optimizer state were left unchanged"
+        return IndexRangeError(message)
 
     def _non_finite(self, arrays: dict[str, np.ndarray], outs: tuple) -> Any:
         where = "not found by the reference interpreter"

@@ -15,7 +15,7 @@ from graphc.ir import CustomGradient, Value, is_float
 from graphc.ops.elementwise import cast, equal, erf, exp, log, square, stop_gradient, tanh
 from graphc.ops.reduce import max, mean, sum
 from graphc.ops.registry import normalize_axes
-from graphc.ops.views import expand_dims
+from graphc.ops.views import expand_dims, take
 
 
 def _shift(x: Value, axis: Any) -> Value:
@@ -60,7 +60,8 @@ def one_hot(labels: Value, depth: int, dtype: Any = None) -> Value:
 def softmax_cross_entropy(logits: Value, labels: Value) -> Value:
     """Per-example cross-entropy of `logits` (..., C) against integer `labels` (...).
 
-    Its gradient is the fused rule `(softmax(logits) - one_hot(labels)) * g`.
+    Its gradient is the fused rule `(softmax(logits) - one_hot(labels)) * g`. A label
+    outside [0, C) raises IndexRangeError naming it (negative labels included).
     """
     if not is_float(logits.dtype):
         raise GraphError(f"softmax_cross_entropy: logits must be floating point, got "
@@ -74,7 +75,10 @@ def softmax_cross_entropy(logits: Value, labels: Value) -> Value:
         raise GraphError("softmax_cross_entropy: the class axis must have a fixed size\n"
                          f"  at {user_location()}")
     lse = logsumexp(logits, axis=-1)
-    target = one_hot(labels, classes, logits.dtype)
+    # the rows of an identity matrix: a label outside [0, classes) raises (as in PyTorch),
+    # where comparing with arange(classes) would silently give a zero target
+    eye = logits.graph.const(np.eye(classes, dtype=logits.dtype))
+    target = take(eye, labels, axis=0, what="softmax_cross_entropy label")
     loss = lse - sum(logits * target, axis=-1)
 
     lse_id, target_id = lse.id, target.id

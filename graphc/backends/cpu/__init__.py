@@ -98,6 +98,7 @@ def _signature(writer: StepWriter, program: Graph) -> tuple:
     types.append(numba.types.int64)                             # nshards
     types.append(numba.types.Array(numba.types.int64, 1, "C"))   # bounds
     types.append(numba.types.Array(numba.types.int64, 2, "C"))   # shard_sizes
+    types.append(numba.types.Array(numba.types.int64, 1, "C"))   # status
     return tuple(types)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from graphc.backends.cpu.codegen import Instruction, Program
+from graphc.backends.cpu.codegen import Program
 from graphc.errors import GraphError
 from graphc.ir import Graph
 from graphc.passes.memory import VIEW_OPS
@@ -89,19 +89,14 @@ class ProgramFunction(CompiledFunction):
         if status == STATUS_NOT_FINITE:
             return self._non_finite(arrays, plan.outputs)
         if status == STATUS_INDEX_RANGE:
-            raise self._index_error(self.code.instructions[index])
+            node = self.program.nodes[self.code.instructions[index].nodes[0]]
+            raise self._index_error(arrays, f"{node.op} {node.label} built at {node.where}")
         if status:
             raise GraphError(f"internal: instruction {index} stopped the step with status "
                              f"{status}")
         if self.optimizer is not None:
             self.state["step"] = step_number
         return self._results(plan.outputs)
-
-    def _index_error(self, instruction: Instruction) -> IndexError:
-        node = self.program.nodes[instruction.nodes[0]]
-        return IndexError(f"{node.op} {node.label} built at {node.where}: an index is out of "
-                          f"range for the axis it indexes; parameters and optimizer state "
-                          f"were left unchanged")
 
     # -- plans ---------------------------------------------------------------------------
     def _plan(self, arrays: dict[str, np.ndarray]) -> _Plan:
