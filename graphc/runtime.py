@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -18,7 +20,7 @@ from graphc.interpret import run_nodes
 from graphc.ir import Graph, ancestors
 from graphc.ops import OPS
 from graphc.ops.registry import InferError
-from kernels.cpu.threads import set_blas_threads, shards_for, threads_for
+from kernels.cpu.threads import blas_threads, shards_for, threads_for
 
 
 @dataclass
@@ -85,6 +87,32 @@ def _step_array(a: np.ndarray) -> np.ndarray:
     if a.flags.c_contiguous and a.flags.writeable:
         return a
     return np.array(a, order="C", copy=True)
+
+
+def max_shapes() -> int:
+    """How many feed-shape combinations a compiled function keeps buffers for:
+    `GRAPHC_MAX_SHAPES`, default 8. A call with another combination drops the least
+    recently used one (on CUDA its device buffers too), and a later call with it
+    prepares its buffers again (about a millisecond for a small model)."""
+    forced = os.environ.get("GRAPHC_MAX_SHAPES")
+    return max(1, int(forced)) if forced else 8
+
+
+class ShapeCache(OrderedDict):
+    """Per-feed-shape buffers of a compiled function, least recently used first, at most
+    `max_shapes()` of them."""
+
+    def lookup(self, key: tuple, make: Callable[[], Any]) -> Any:
+        """The entry for `key`, made by `make()` (evicting the oldest) if there is none."""
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        value = make()
+        self[key] = value
+        limit = max_shapes()
+        while len(self) > limit:
+            self.popitem(last=False)
+        return value
 
 
 class _Signature:
@@ -161,7 +189,10 @@ class CompiledFunction:
         self.skip_nonfinite = False
         self.check_finite = True
         self._single = single
-        self._signatures: dict[tuple, _Signature] = {}
+        self._plans = ShapeCache()
+        # One call at a time: a call writes its feeds into argument tables and buffers
+        # shared by calls with the same feed shapes (and a training step its parameters).
+        self._lock = threading.Lock()
         needed = ancestors(program, list(program.outputs) + [n for _, n in program.updates])
         self._inputs = [n for n in program.nodes if n.op == "input" and n.id in needed
                         and not n.name.startswith("@")]
@@ -247,19 +278,23 @@ class CompiledFunction:
         return arrays, step_number, tuple(arrays[n.name].shape for n in self._inputs)
 
     def __call__(self, **feeds: Any) -> Any:
+        """Run the program on `feeds` (see the class docstring). Thread-safe: concurrent
+        calls of one compiled function run one after the other."""
+        with self._lock:
+            return self._call(feeds)
+
+    def _call(self, feeds: dict[str, Any]) -> Any:
         arrays, step_number, key = self._begin_call(feeds)
-        sig = self._signatures.get(key)
-        if sig is None:
-            sig = self._prepare(arrays)
-            self._signatures[key] = sig
+        sig = self._plans.lookup(key, lambda: self._prepare(arrays))
         args = sig.args
         for name, slot in sig.feed_slots.items():
             a = arrays[name]
             a = _step_array(a)
             args[slot] = a.reshape(1) if a.ndim == 0 else a
-        set_blas_threads(sig.blas_threads)
-        ok, outs = self._fn(*args, sig.sizes, self.check_finite and self.optimizer is not None,
-                            sig.nshards, sig.bounds, sig.shard_sizes, sig.status)
+        with blas_threads(sig.blas_threads):
+            ok, outs = self._fn(*args, sig.sizes,
+                                self.check_finite and self.optimizer is not None,
+                                sig.nshards, sig.bounds, sig.shard_sizes, sig.status)
         if sig.status[0]:   # a take kernel's range check
             sig.status[0] = 0
             raise self._index_error(arrays, "take")

@@ -7,9 +7,11 @@ waking and synchronising threads than multiplying (measured: a 64-128-128-10 MLP
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import glob
 import os
+from collections.abc import Iterator
 
 from kernels.cpu.blas_arch import import_cython_blas
 
@@ -55,7 +57,6 @@ def core_name() -> str:
 
 
 _setter, _getter = _load()
-_current: int | None = None
 MAX_THREADS = _getter() if _getter is not None else (os.cpu_count() or 1)
 
 
@@ -65,12 +66,27 @@ def available() -> bool:
 
 
 def set_blas_threads(n: int) -> None:
-    """Use `n` BLAS threads for the matrix products of compiled steps (cheap if unchanged)."""
-    global _current
-    if _setter is None or n == _current:
+    """Use `n` BLAS threads from now on (benchmarks; a compiled step sets its own count for
+    the call and then restores this one: `blas_threads`)."""
+    if _setter is not None:
+        _setter(int(n))
+
+
+@contextlib.contextmanager
+def blas_threads(n: int) -> Iterator[None]:
+    """Run the block with `n` BLAS threads, then put back the count set before (SciPy's
+    OpenBLAS is shared with the rest of the process)."""
+    if _setter is None or _getter is None:
+        yield
         return
-    _setter(int(n))
-    _current = n
+    before = int(_getter())
+    if before != n:
+        _setter(int(n))
+    try:
+        yield
+    finally:
+        if before != n:
+            _setter(before)
 
 
 def threads_for(flops: float) -> int:

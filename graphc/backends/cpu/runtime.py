@@ -22,7 +22,7 @@ from graphc.ir import Graph
 from graphc.passes.memory import VIEW_OPS
 from graphc.runtime import CompiledFunction, CompileReport, _step_array
 from kernels.cpu.program import STATUS_INDEX_RANGE, STATUS_NOT_FINITE
-from kernels.cpu.threads import set_blas_threads, threads_for
+from kernels.cpu.threads import blas_threads, threads_for
 
 # The executor's C signature (kernels/cpu/program.py); ctypes releases the GIL for the call.
 _EXECUTOR = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
@@ -64,25 +64,21 @@ class ProgramFunction(CompiledFunction):
                                    dtype=np.int64)
         self._is_check = np.array([i.check for i in code.instructions], dtype=np.uint8)
         self._execute = _EXECUTOR(addresses[code.executor[0]])
-        self._plans: dict[tuple, _Plan] = {}
 
-    def __call__(self, **feeds: Any) -> Any:
+    def _call(self, feeds: dict[str, Any]) -> Any:
         arrays, step_number, key = self._begin_call(feeds)
-        plan = self._plans.get(key)
-        if plan is None:
-            plan = self._plan(arrays)
-            self._plans[key] = plan
+        plan = self._plans.lookup(key, lambda: self._plan(arrays))
         table = plan.table
         held = []
         for name, (positions, offsets) in plan.patches.items():
             a = _step_array(arrays[name])
             held.append(a)
             table[positions] = a.ctypes.data + offsets
-        set_blas_threads(plan.blas_threads)
         check = self.check_finite and self.optimizer is not None
-        index = self._execute(self._functions.ctypes.data, plan.blocks.ctypes.data,
-                              self._is_check.ctypes.data, len(self._functions), check,
-                              plan.status.ctypes.data)
+        with blas_threads(plan.blas_threads):
+            index = self._execute(self._functions.ctypes.data, plan.blocks.ctypes.data,
+                                  self._is_check.ctypes.data, len(self._functions), check,
+                                  plan.status.ctypes.data)
         del held
         status = int(plan.status[0]) if index >= 0 else 0
         plan.status[0] = 0

@@ -260,7 +260,6 @@ class CudaCompiledFunction(CompiledFunction):
         self._memory = memory
         self._config = writer.config
         self._functions = functions
-        self._plans: dict[tuple, _Plan] = {}
         self._consts: dict[int, Any] = {}
         # Parameters and the graph's own state (batch-norm statistics) live in the graph's
         # DeviceStore, shared by its CUDA functions; state this program added (optimizer
@@ -335,12 +334,9 @@ class CudaCompiledFunction(CompiledFunction):
         return retarget(self, target)
 
     # -- calling ---------------------------------------------------------------------------
-    def __call__(self, **feeds: Any) -> Any:
+    def _call(self, feeds: dict[str, Any]) -> Any:
         arrays, step_number, key = self._begin_call(feeds)
-        plan = self._plans.get(key)
-        if plan is None:
-            plan = self._prepare(arrays)
-            self._plans[key] = plan
+        plan = self._plans.lookup(key, lambda: self._prepare(arrays))
         for key, store in self._stores.items():
             store.refresh([key])
         for name, buf in plan.feeds.items():
