@@ -6,9 +6,6 @@ interpreter (`evaluate`), compile a whole training step into Numba kernels (`com
 train it on data (`fit`, `metrics`) and save or resume it (`step.save`, `step.load`).
 """
 
-# First, before anything imports SciPy: loading it picks the BLAS kernels for this CPU.
-import kernels.cpu.blas_arch  # isort: skip
-
 from graphc import data, metrics, nn, optim
 from graphc.autodiff import grad
 from graphc.checkpoint import CheckpointError

@@ -39,8 +39,9 @@ def run_nodes(graph: Graph, output_ids: list[int], feeds: Mapping[str, Any], *,
                 try:
                     result = np.asarray(OPS[node.op].ref(*args, **node.attrs))
                 except IndexRangeError as err:
+                    shapes = ", ".join(f"{a.shape} {a.dtype}" for a in args)
                     raise IndexRangeError(f"{node.op} {node.label} built at {node.where}: "
-                                          f"{err}") from None
+                                          f"{err} (operands {shapes})") from None
                 except (ValueError, IndexError) as err:
                     shapes = ", ".join(f"{a.shape} {a.dtype}" for a in args)
                     raise GraphError(f"{node.op} {node.label} built at {node.where} failed on "

@@ -37,6 +37,8 @@ class CompileReport:
     nodes_after: int = 0
     sharding: str = ""   # how the batch is split over threads, or why it is not
     compile_workers: int = 0   # processes beside this one that compiled kernels
+    blas: str = ""   # which BLAS library and kernels (OpenBLAS core type) matrix products use
+    blas_threads: int = 0   # BLAS threads of the feed shapes prepared last (0: none yet)
 
     @property
     def total(self) -> float:
@@ -56,7 +58,11 @@ class CompileReport:
             f"{self.kernels} kernels ({self.unique_kernels} unique)", *rows,
             f"  kernel files: {self.cache_written} written, {self.cache_reused} reused from "
             f"the cache, {self.cache_repaired} repaired",
-            *([f"  threads: {self.sharding}"] if self.sharding else [])])
+            *([f"  threads: {self.sharding}"] if self.sharding else []),
+            *([f"  BLAS: {self.blas}, " + (f"{self.blas_threads} thread(s) for the feed shapes "
+                                           "prepared last" if self.blas_threads else
+                                           "threads chosen per feed shape at the first call")]
+              if self.blas else [])])
 
 
 class BackwardGraph:
@@ -402,6 +408,7 @@ class CompiledFunction:
                      for n in self.program.nodes if n.op == "matmul"), default=0.0)
         # one BLAS thread per shard: the shards are the parallelism
         blas = threads_for(flops) if nshards == 1 else 1
+        self.compile_report.blas_threads = blas
         return _Signature(args, sizes, feed_slots, blas, bounds, shard_sizes)
 
     def _shards(self, shapes: dict[int, tuple], sizes: np.ndarray

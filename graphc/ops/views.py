@@ -301,7 +301,8 @@ def _as_int(v: Any) -> int | None:
 
 
 def getitem(x: Value, index: Any) -> Value:
-    """Basic indexing: ints, slices, None (new axis), Ellipsis; or one integer Value (take)."""
+    """Basic indexing: ints, slices, None (new axis), Ellipsis; or one integer Value (take:
+    its entries must lie in [0, x.shape[0]), a negative one raises)."""
     if isinstance(index, Value):
         return take(x, index, axis=0)
     items = list(index) if isinstance(index, tuple) else [index]

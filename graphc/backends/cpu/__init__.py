@@ -20,6 +20,8 @@ from graphc.errors import GraphError
 from graphc.ir import Graph
 from graphc.optim import Optimizer
 from graphc.runtime import CompiledFunction, CompileReport
+from kernels.cpu.blas_arch import import_cython_blas
+from kernels.cpu.threads import core_name
 
 
 def require() -> None:
@@ -27,13 +29,16 @@ def require() -> None:
 
 
 def prepare() -> None:
-    """Called before the graph passes: start compile workers early if the cache is cold."""
+    """Called before the graph passes: load SciPy's OpenBLAS (the matrix products' BLAS,
+    kernels/cpu/blas_arch.py) and start compile workers early if the cache is cold."""
+    import_cython_blas()
     prestart_workers(write_module("graphc_kernel", executor_source())[1])
 
 
 def build(program: Graph, report: CompileReport, optimizer: Optimizer | None, single: bool,
           user_graph: Graph) -> CompiledFunction:
     """The compiled function of a scheduled `program` (groups and memory plan set)."""
+    report.blas = f"OpenBLAS {core_name()} kernels (SciPy's copy)"
     if program.shards is not None and program.shards.enabled:
         return _compile_fused(program, report, optimizer, single, user_graph)
     return _compile_program(program, report, optimizer, single, user_graph)

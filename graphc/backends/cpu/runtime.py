@@ -113,9 +113,11 @@ class ProgramFunction(CompiledFunction):
         outputs = [resolver.array(ref)[0] for ref in self.code.outputs]
         flops = max((2.0 * math.prod(shapes[n.id]) * shapes[n.inputs[0]][-1]
                      for n in self.program.nodes if n.op == "matmul"), default=0.0)
+        threads = threads_for(flops)
+        self.compile_report.blas_threads = threads
         return _Plan(table, blocks, patch_arrays, outputs,
                      [table, resolver.keep, resolver.storage],
-                     threads_for(flops), np.zeros(1, dtype=np.int64))
+                     threads, np.zeros(1, dtype=np.int64))
 
 
 class _Resolver:
