@@ -51,10 +51,36 @@ def run_nodes(graph: Graph, output_ids: list[int], feeds: Mapping[str, Any], *,
                                      f"{node.dtype}")
                 _check_runtime_shape(node, result)
                 if check_finite and result.dtype.kind == "f" and not np.all(np.isfinite(result)):
-                    raise NonFiniteError(f"{node.op} {node.label} built at {node.where} produced "
-                                         "a non-finite value (NaN or Inf)")
+                    raise NonFiniteError(f"{_describe(graph, node)} produced a non-finite value "
+                                         "(NaN or Inf)")
+            if check_finite and node.op in _LEAVES:
+                _check_leaf(node, np.asarray(result))
             values[nid] = result
     return values
+
+
+_LEAVES = {"input": "feed", "param": "parameter", "state": "state"}
+
+
+def _check_leaf(node: Any, value: np.ndarray) -> None:
+    """NonFiniteError naming a feed, parameter or state array that holds NaN or Inf."""
+    if value.dtype.kind != "f":
+        return
+    bad = np.argwhere(~np.isfinite(value))
+    if len(bad):
+        where = f" at index {tuple(int(i) for i in bad[0])}" if value.ndim else ""
+        raise NonFiniteError(f"the {_LEAVES[node.op]} {node.name!r} holds a non-finite value "
+                             f"({value[tuple(bad[0])]}{where}; declared at {node.where})")
+
+
+def _describe(graph: Graph, node: Any) -> str:
+    """A node and the user's line that built it; for a backward node, the forward node it
+    is part of the gradient of, and that node's line."""
+    if node.provenance is None:
+        return f"{node.op} {node.label} built at {node.where}"
+    fwd = graph.nodes[node.provenance.forward]
+    return (f"{node.op} {node.label}, part of the gradient of {fwd.op} {fwd.label} built at "
+            f"{fwd.where} ({node.provenance.rule}),")
 
 
 def _check_runtime_shape(node: Any, result: np.ndarray) -> None:

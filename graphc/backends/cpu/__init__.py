@@ -111,6 +111,7 @@ def _load_step(writer: StepWriter, module: str, path: str, program: Graph) -> tu
     """Import the step and its kernels and compile (or load from Numba's cache) for the
     step's argument types. An unusable cache entry is dropped and compiled afresh.
 
+    A Numba typing or lowering error is no damaged cache: it is reported at once.
     Returns (step function, 1 if the Numba cache had to be dropped and rebuilt else 0)."""
     signature = _signature(writer, program)
 
@@ -123,8 +124,11 @@ def _load_step(writer: StepWriter, module: str, path: str, program: Graph) -> tu
 
     try:
         return load(), 0
+    except numba.core.errors.NumbaError as err:
+        # a typing or lowering error of the generated code: the cache is not the cause
+        raise GraphError(f"compiling the step failed: {err}") from err
     except Exception as err:
-        # Any damaged cache entry: Numba unpickles its index and data files, so junk in them
+        # A damaged cache entry: Numba unpickles its index and data files, so junk in them
         # raises whatever pickle raises (UnpicklingError, EOFError, KeyError, ...); the
         # retry below starts from a clean cache.
         for kernel in writer.kernels:
