@@ -27,7 +27,9 @@ EPILOG = """subcommands:
           `graphc demo --epochs 5 --show-backward`); ends with test_accuracy=0.xxxx
   show    run a Python script and print the graph it builds: `graphc show model.py`
           picks the variable `loss`, else the last graphc Value or Graph the script
-          defines at module level; `model.py:logits` picks another. --backward shows
+          defines at module level, or (graphs built inside functions) in the function
+          where it first calls gc.compile, gc.grad or gc.evaluate, where the script is
+          stopped before training; `model.py:logits` picks another. --backward shows
           the backward graph of gc.grad(VAR, graph.params); --format dot prints Graphviz
           DOT, --format svg renders it with the `dot` binary (Graphviz)
   bench   run the benchmarks (benchmarks/run.py of a source checkout; its options
@@ -345,7 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a Python script (as module __graphc_show__, so code under `if "
         "__name__ == '__main__':` does not run) and print a graph it builds: VAR if given "
         "as FILE.py:VAR, else the variable `loss`, else the last graphc Value or Graph "
-        "defined at module level.")
+        "defined at module level. A script with no graph at module level is run as "
+        "__main__ up to its first gc.compile, gc.grad or gc.evaluate (before training), "
+        "and the variables of the function calling it are used instead.")
     show.add_argument("target", metavar="FILE.py[:VAR]")
     show.add_argument("--backward", action="store_true",
                       help="show the backward graph: gc.grad(VAR, graph.params)")

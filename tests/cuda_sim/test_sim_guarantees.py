@@ -43,7 +43,7 @@ def test_a_non_finite_gradient_with_a_finite_loss_stops_before_the_update(target
         step(**feeds)
     message = str(info.value)
     assert "a gradient is not finite (the loss is)" in message
-    assert "left unchanged" in message
+    assert "left unchanged" in message and "the feed 'x' holds a non-finite value" in message
     assert step.state["step"] == 0
     for name, value in step.params.items():
         assert np.array_equal(value, before[name]), name
@@ -70,3 +70,27 @@ def test_a_label_out_of_range_raises_before_the_update(bad: int) -> None:
     assert "test_sim_guarantees.py" in message and "left unchanged" in message
     for name, value in step.params.items():
         assert np.array_equal(value, before[name]), name
+
+
+def test_device_buffers_are_kept_for_a_bounded_number_of_feed_shapes(monkeypatch) -> None:
+    monkeypatch.setenv("GRAPHC_MAX_SHAPES", "2")
+    g = gc.Graph("cuda_shapes", seed=0)
+    x = g.input("x", (None, 4))
+    f = gc.compile([gc.nn.linear(x, 3, name="fc")], target="cuda")
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3, 4, 1, 5):
+        xs = rng.standard_normal((n, 4)).astype(np.float32)
+        (out,) = f(x=xs)
+        np.testing.assert_allclose(out, xs @ g.param_values["fc.w"] + g.param_values["fc.b"],
+                                   rtol=1e-5, atol=1e-6)
+        assert len(f._plans) <= 2
+    assert list(f._plans) == [((1, 4),), ((5, 4),)]
+
+
+def test_a_nan_parameter_is_named_on_cuda() -> None:
+    _, loss, _ = _mlp()
+    step = gc.compile(loss, optimizer=gc.optim.SGD(lr=0.1), target="cuda")
+    step.params["fc2.w"][0, 0] = np.nan
+    step.sync_to_device()
+    with pytest.raises(gc.NonFiniteError, match=r"parameter .fc2\.w. holds a non-finite value"):
+        step(x=np.ones((2, 4), dtype=np.float32), y=np.array([0, 1]))
