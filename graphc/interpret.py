@@ -23,6 +23,7 @@ def run_nodes(graph: Graph, output_ids: list[int], feeds: Mapping[str, Any], *,
     arrays = check_feeds(inputs, feeds, all_inputs=all_inputs)
     storage = graph.param_values if params is None else params
     values: dict[int, np.ndarray] = {}
+    bad_leaves: dict[int, str] = {}   # feeds and parameters holding NaN or Inf, described
     with np.errstate(all="ignore"):
         for nid in needed:
             node = graph.nodes[nid]
@@ -51,26 +52,35 @@ def run_nodes(graph: Graph, output_ids: list[int], feeds: Mapping[str, Any], *,
                                      f"{node.dtype}")
                 _check_runtime_shape(node, result)
                 if check_finite and result.dtype.kind == "f" and not np.all(np.isfinite(result)):
-                    raise NonFiniteError(f"{_describe(graph, node)} produced a non-finite value "
-                                         "(NaN or Inf)")
+                    sources = [bad_leaves[i] for i in node.inputs if i in bad_leaves]
+                    raise NonFiniteError(
+                        (f"{sources[0]}, which reaches " if sources else "")
+                        + f"{_describe(graph, node)}"
+                        + (" first" if sources else " produced a non-finite value (NaN or Inf)"))
             if check_finite and node.op in _LEAVES:
-                _check_leaf(node, np.asarray(result))
+                problem = _leaf_problem(node, np.asarray(result))
+                if problem:
+                    bad_leaves[nid] = problem
             values[nid] = result
+    if bad_leaves:   # a non-finite feed or parameter that reached no computed value
+        raise NonFiniteError(next(iter(bad_leaves.values())))
     return values
 
 
 _LEAVES = {"input": "feed", "param": "parameter", "state": "state"}
 
 
-def _check_leaf(node: Any, value: np.ndarray) -> None:
-    """NonFiniteError naming a feed, parameter or state array that holds NaN or Inf."""
+def _leaf_problem(node: Any, value: np.ndarray) -> str:
+    """'the feed 'x' holds a non-finite value (...)' for a feed, parameter or state array
+    holding NaN or Inf, else ''."""
     if value.dtype.kind != "f":
-        return
+        return ""
     bad = np.argwhere(~np.isfinite(value))
-    if len(bad):
-        where = f" at index {tuple(int(i) for i in bad[0])}" if value.ndim else ""
-        raise NonFiniteError(f"the {_LEAVES[node.op]} {node.name!r} holds a non-finite value "
-                             f"({value[tuple(bad[0])]}{where}; declared at {node.where})")
+    if not len(bad):
+        return ""
+    where = f" at index {tuple(int(i) for i in bad[0])}" if value.ndim else ""
+    return (f"the {_LEAVES[node.op]} {node.name!r} holds a non-finite value "
+            f"({value[tuple(bad[0])]}{where}; declared at {node.where})")
 
 
 def _describe(graph: Graph, node: Any) -> str:
