@@ -29,7 +29,8 @@ def measure(rounds: int) -> None:
     import numpy as np
     from numba import njit
 
-    import graphc  # noqa: F401  (loads SciPy's OpenBLAS with the kernels asked for)
+    import graphc  # noqa: F401
+    from kernels.cpu.blas_arch import import_cython_blas
     from kernels.cpu.threads import core_name, set_blas_threads
 
     @njit(nogil=True)
@@ -37,6 +38,7 @@ def measure(rounds: int) -> None:
         for _ in range(10):
             np.dot(a, b, out)
 
+    import_cython_blas()   # SciPy's OpenBLAS, with the kernels GRAPHC_BLAS_CORETYPE asks for
     rng = np.random.default_rng(0)
     for threads in (1, 2):
         set_blas_threads(threads)

@@ -155,8 +155,8 @@ def graphc_sgemm_peak(sizes: tuple[int, ...] = (1024, 2048), reps: int = 7) -> d
     try:
         from numba import njit
 
-        import graphc  # noqa: F401  (loads SciPy's OpenBLAS with graphc's kernels)
-        from kernels.cpu.threads import MAX_THREADS, core_name, set_blas_threads
+        import graphc  # noqa: F401
+        from kernels.cpu.threads import core_name, max_threads, set_blas_threads
     except ImportError:
         return {}
 
@@ -164,7 +164,7 @@ def graphc_sgemm_peak(sizes: tuple[int, ...] = (1024, 2048), reps: int = 7) -> d
     def product(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> None:
         np.dot(a, b, c)
 
-    set_blas_threads(MAX_THREADS)
+    set_blas_threads(max_threads())
     res: dict[str, Any] = {}
     rng = np.random.default_rng(0)
     for n in sizes:

@@ -6,14 +6,11 @@ interpreter (`evaluate`), compile a whole training step into Numba kernels (`com
 train it on data (`fit`, `metrics`) and save or resume it (`step.save`, `step.load`).
 """
 
-# First, before anything imports SciPy: loading it picks the BLAS kernels for this CPU.
-import kernels.cpu.blas_arch  # isort: skip
-
 from graphc import data, metrics, nn, optim
 from graphc.autodiff import grad
 from graphc.checkpoint import CheckpointError
 from graphc.compiler import compile
-from graphc.errors import FeedError, GraphError, NonFiniteError
+from graphc.errors import FeedError, GraphError, IndexRangeError, NonFiniteError
 from graphc.html_view import to_html
 from graphc.inspect import format_graph, to_dot, to_networkx
 from graphc.interpret import evaluate
@@ -41,9 +38,10 @@ __version__ = "0.1.0"
 __all__ = [
     "custom_op", "defop",
     "Callback", "Checkpoint", "CheckpointError", "EarlyStopping", "History", "fit", "metrics",
-    "FeedError", "Graph", "GraphError", "NonFiniteError", "Value", "abs", "add", "broadcast_to",
-    "cast", "compile", "concat", "data", "div", "equal", "erf", "evaluate", "exp",
-    "expand_dims", "format_graph", "gelu", "grad", "greater", "leaky_relu", "less", "log",
+    "FeedError", "Graph", "GraphError", "IndexRangeError", "NonFiniteError", "Value", "abs",
+    "add", "broadcast_to", "cast", "compile", "concat", "data", "div", "equal", "erf",
+    "evaluate", "exp", "expand_dims", "format_graph", "gelu", "grad", "greater", "leaky_relu",
+    "less", "log",
     "log_softmax", "logsumexp", "matmul", "max", "maximum", "mean", "min", "minimum", "mse",
     "mul", "neg", "nn", "one_hot", "optim", "pow", "relu", "reshape", "rsqrt", "scan", "sigmoid",
     "sign", "softmax", "softmax_cross_entropy", "sqrt", "square", "squeeze", "stack",

@@ -10,12 +10,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import runpy
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,7 +28,9 @@ EPILOG = """subcommands:
           `graphc demo --epochs 5 --show-backward`); ends with test_accuracy=0.xxxx
   show    run a Python script and print the graph it builds: `graphc show model.py`
           picks the variable `loss`, else the last graphc Value or Graph the script
-          defines at module level; `model.py:logits` picks another. --backward shows
+          defines at module level, or (graphs built inside functions) in the function
+          where it first calls gc.compile, gc.grad or gc.evaluate, where the script is
+          stopped before training; `model.py:logits` picks another. --backward shows
           the backward graph of gc.grad(VAR, graph.params); --format dot prints Graphviz
           DOT, --format svg renders it with the `dot` binary (Graphviz), --format html
           writes one self-contained interactive page (-o FILE, default graph.html)
@@ -75,9 +78,13 @@ def _builtin_demo(argv: list[str]) -> int:
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
-    args, _ = parser.parse_known_args(argv)
+    parser.add_argument("--show-backward", action="store_true",
+                        help="print every node of the backward graph with its provenance")
+    parser.add_argument("--save", metavar="PATH", help="save the trained step to PATH (.npz)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
     print("examples/mlp_digits.py is not part of this installation: running the same "
-          "training job built into graphc (the example's listing options do not apply)")
+          "training job built into graphc")
     data = gc.data.load_digits(seed=args.seed)
     g = gc.Graph("mlp_digits", seed=args.seed)
     x = g.input("x", (None, 64))
@@ -86,6 +93,9 @@ def _builtin_demo(argv: list[str]) -> int:
     h = gc.relu(gc.nn.linear(h, args.hidden, name="fc2", init="he"))
     logits = gc.nn.linear(h, 10, name="out")
     loss = gc.mean(gc.softmax_cross_entropy(logits, y))
+    if args.show_backward:
+        print("The backward graph (every gradient graphc will compute):")
+        print(gc.format_graph(gc.grad(loss, g.params)))
     step = gc.compile(loss, optimizer=gc.optim.Adam(lr=args.lr))
     predict = gc.compile([logits])
     print(f"compiled in {step.compile_report.total:.2f} s: {step.compile_report.kernels} "
@@ -93,7 +103,10 @@ def _builtin_demo(argv: list[str]) -> int:
     gc.fit(step, lambda epoch: gc.data.batches(data.x_train, data.y_train, args.batch_size,
                                                seed=args.seed + epoch),
            epochs=args.epochs, validation=(data.x_test, data.y_test),
-           metrics={"accuracy": gc.metrics.accuracy}, predict=predict)
+           metrics={"accuracy": gc.metrics.accuracy}, predict=predict,
+           verbose=0 if args.quiet else 1)
+    if args.save:
+        print(f"saved the step to {step.save(args.save)}")
     (scores,) = predict(x=data.x_test)
     print(f"test_accuracy={gc.metrics.accuracy(data.y_test, scores):.4f}")
     return 0
@@ -137,10 +150,76 @@ def pick_variable(namespace: dict[str, Any], var: str | None) -> tuple[str, Any]
         return "loss", namespace["loss"]
     found = [(k, v) for k, v in namespace.items()
              if isinstance(v, (gc.Value, gc.Graph)) and not k.startswith("__")]
+    target = namespace.get("__graphc_target__")
+    if not found and isinstance(target, (list, tuple)) and target and all(
+            isinstance(v, gc.Value) for v in target):
+        return "the values first used", list(target)
     if not found:
         raise CommandError("the script defines no graphc Value or Graph at module level "
                            "(build the graph outside functions, or name one: FILE.py:VAR)")
     return found[-1]
+
+
+class _GraphReadyError(Exception):
+    """Raised by the first gc.compile / gc.grad / gc.evaluate of a script run by `show`:
+    its graph is complete there. Carries the variables of the code that called it."""
+
+    def __init__(self, namespace: dict[str, Any]) -> None:
+        super().__init__("graph ready")
+        self.namespace = namespace
+
+
+_STOP_AT = ("compile", "grad", "evaluate")
+
+
+@contextlib.contextmanager
+def _stop_at_first_use() -> Iterator[None]:
+    """While active, the first gc.compile, gc.grad or gc.evaluate raises _GraphReadyError with
+    its caller's globals and locals (the first argument as `__graphc_target__`)."""
+    import graphc as gc
+
+    saved = {name: getattr(gc, name) for name in _STOP_AT}
+
+    def stop(*args: Any, **kwargs: Any) -> Any:
+        frame = sys._getframe(1)
+        namespace = {**frame.f_globals, **frame.f_locals}
+        if args:
+            namespace["__graphc_target__"] = args[0]
+        raise _GraphReadyError(namespace)
+
+    for name in _STOP_AT:
+        setattr(gc, name, stop)
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(gc, name, fn)
+
+
+def trace_script(path: str, argv: list[str]) -> dict[str, Any]:
+    """The variables from which `show` picks a graph: the script's module-level globals
+    (run as module `__graphc_show__`) if it defines a graphc Value or Graph there; else,
+    running it as `__main__`, the variables of the function that first compiles,
+    differentiates or evaluates a graph, where the script is stopped (before training).
+    The script's own output goes to stderr."""
+    import graphc as gc
+
+    def has_graph(namespace: dict[str, Any]) -> bool:
+        return any(isinstance(v, (gc.Value, gc.Graph)) for k, v in namespace.items()
+                   if not k.startswith("__"))
+
+    with contextlib.redirect_stdout(sys.stderr), _stop_at_first_use():
+        for run_name in ("__graphc_show__", "__main__"):
+            try:
+                namespace = _run_script(path, argv, run_name=run_name)
+            except _GraphReadyError as ready:
+                return ready.namespace
+            except SystemExit as done:
+                raise CommandError(f"the script exited ({done.code}) before building a "
+                                   "graph; pass its arguments after --") from None
+            if has_graph(namespace):
+                return namespace
+    return namespace
 
 
 def _render_svg(dot_text: str) -> str:
@@ -164,7 +243,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     path, var = _split_target(args.target)
     if not os.path.isfile(path):
         raise CommandError(f"no such file: {path}")
-    namespace = _run_script(path, list(args.script_args), run_name="__graphc_show__")
+    namespace = trace_script(path, list(args.script_args))
     name, obj = pick_variable(namespace, var)
     target: Any = obj
     if args.backward:
@@ -323,7 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a Python script (as module __graphc_show__, so code under `if "
         "__name__ == '__main__':` does not run) and print a graph it builds: VAR if given "
         "as FILE.py:VAR, else the variable `loss`, else the last graphc Value or Graph "
-        "defined at module level.")
+        "defined at module level. A script with no graph at module level is run as "
+        "__main__ up to its first gc.compile, gc.grad or gc.evaluate (before training), "
+        "and the variables of the function calling it are used instead.")
     show.add_argument("target", metavar="FILE.py[:VAR]")
     show.add_argument("--backward", action="store_true",
                       help="show the backward graph: gc.grad(VAR, graph.params)")

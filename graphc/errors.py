@@ -18,6 +18,11 @@ class FeedError(GraphError):
     """A feed given to `evaluate` or a compiled function is missing, unknown or malformed."""
 
 
+class IndexRangeError(GraphError, IndexError):
+    """An index (an embedding id, a class label) outside [0, size) at run time. Negative
+    indices do not wrap (numpy's take would wrap them; PyTorch raises, as graphc does)."""
+
+
 class NonFiniteError(FloatingPointError):
     """A training step produced NaN or Inf; parameters were left as they were."""
 

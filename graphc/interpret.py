@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from graphc.errors import GraphError, NonFiniteError
+from graphc.errors import GraphError, IndexRangeError, NonFiniteError
 from graphc.feeds import check_feeds
 from graphc.ir import Graph, ancestors, as_values, format_shape
 from graphc.ops import OPS
@@ -23,6 +23,7 @@ def run_nodes(graph: Graph, output_ids: list[int], feeds: Mapping[str, Any], *,
     arrays = check_feeds(inputs, feeds, all_inputs=all_inputs)
     storage = graph.param_values if params is None else params
     values: dict[int, np.ndarray] = {}
+    bad_leaves: dict[int, str] = {}   # feeds and parameters holding NaN or Inf, described
     with np.errstate(all="ignore"):
         for nid in needed:
             node = graph.nodes[nid]
@@ -40,6 +41,10 @@ def run_nodes(graph: Graph, output_ids: list[int], feeds: Mapping[str, Any], *,
                 args = [values[i] for i in node.inputs]
                 try:
                     result = np.asarray(OPS[node.op].ref(*args, **node.attrs))
+                except IndexRangeError as err:
+                    shapes = ", ".join(f"{a.shape} {a.dtype}" for a in args)
+                    raise IndexRangeError(f"{node.op} {node.label} built at {node.where}: "
+                                          f"{err} (operands {shapes})") from None
                 except (ValueError, IndexError) as err:
                     shapes = ", ".join(f"{a.shape} {a.dtype}" for a in args)
                     raise GraphError(f"{node.op} {node.label} built at {node.where} failed on "
@@ -49,10 +54,45 @@ def run_nodes(graph: Graph, output_ids: list[int], feeds: Mapping[str, Any], *,
                                      f"{node.dtype}")
                 _check_runtime_shape(node, result)
                 if check_finite and result.dtype.kind == "f" and not np.all(np.isfinite(result)):
-                    raise NonFiniteError(f"{node.op} {node.label} built at {node.where} produced "
-                                         "a non-finite value (NaN or Inf)")
+                    sources = [bad_leaves[i] for i in node.inputs if i in bad_leaves]
+                    raise NonFiniteError(
+                        (f"{sources[0]}, which reaches " if sources else "")
+                        + f"{_describe(graph, node)}"
+                        + (" first" if sources else " produced a non-finite value (NaN or Inf)"))
+            if check_finite and node.op in _LEAVES:
+                problem = _leaf_problem(node, np.asarray(result))
+                if problem:
+                    bad_leaves[nid] = problem
             values[nid] = result
+    if bad_leaves:   # a non-finite feed or parameter that reached no computed value
+        raise NonFiniteError(next(iter(bad_leaves.values())))
     return values
+
+
+_LEAVES = {"input": "feed", "param": "parameter", "state": "state"}
+
+
+def _leaf_problem(node: Any, value: np.ndarray) -> str:
+    """'the feed 'x' holds a non-finite value (...)' for a feed, parameter or state array
+    holding NaN or Inf, else ''."""
+    if value.dtype.kind != "f":
+        return ""
+    bad = np.argwhere(~np.isfinite(value))
+    if not len(bad):
+        return ""
+    where = f" at index {tuple(int(i) for i in bad[0])}" if value.ndim else ""
+    return (f"the {_LEAVES[node.op]} {node.name!r} holds a non-finite value "
+            f"({value[tuple(bad[0])]}{where}; declared at {node.where})")
+
+
+def _describe(graph: Graph, node: Any) -> str:
+    """A node and the user's line that built it; for a backward node, the forward node it
+    is part of the gradient of, and that node's line."""
+    if node.provenance is None:
+        return f"{node.op} {node.label} built at {node.where}"
+    fwd = graph.nodes[node.provenance.forward]
+    return (f"{node.op} {node.label}, part of the gradient of {fwd.op} {fwd.label} built at "
+            f"{fwd.where} ({node.provenance.rule}),")
 
 
 def _check_runtime_shape(node: Any, result: np.ndarray) -> None:

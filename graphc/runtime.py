@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -11,14 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from graphc.errors import GraphError, NonFiniteError
+from graphc.errors import FeedError, GraphError, IndexRangeError, NonFiniteError
 from graphc.feeds import check_feeds
 from graphc.inspect import KernelList, format_nodes, summarize_nodes
 from graphc.interpret import run_nodes
 from graphc.ir import Graph, ancestors
 from graphc.ops import OPS
 from graphc.ops.registry import InferError
-from kernels.cpu.threads import set_blas_threads, shards_for, threads_for
+from kernels.cpu.threads import blas_threads, shards_for, threads_for
 
 
 @dataclass
@@ -36,6 +38,8 @@ class CompileReport:
     sharding: str = ""   # how the batch is split over threads, or why it is not
     compile_workers: int = 0   # processes beside this one that compiled kernels
     program_cache: str = ""    # "loaded", "saved", or why the program is not kept
+    blas: str = ""   # which BLAS library and kernels (OpenBLAS core type) matrix products use
+    blas_threads: int = 0   # BLAS threads of the feed shapes prepared last (0: none yet)
 
     @property
     def total(self) -> float:
@@ -56,7 +60,11 @@ class CompileReport:
             f"  kernel files: {self.cache_written} written, {self.cache_reused} reused from "
             f"the cache, {self.cache_repaired} repaired",
             *([f"  program: {self.program_cache}"] if self.program_cache else []),
-            *([f"  threads: {self.sharding}"] if self.sharding else [])])
+            *([f"  threads: {self.sharding}"] if self.sharding else []),
+            *([f"  BLAS: {self.blas}, " + (f"{self.blas_threads} thread(s) for the feed shapes "
+                                           "prepared last" if self.blas_threads else
+                                           "threads chosen per feed shape at the first call")]
+              if self.blas else [])])
 
 
 class BackwardGraph:
@@ -97,6 +105,32 @@ def _step_array(a: np.ndarray) -> np.ndarray:
     return np.array(a, order="C", copy=True)
 
 
+def max_shapes() -> int:
+    """How many feed-shape combinations a compiled function keeps buffers for:
+    `GRAPHC_MAX_SHAPES`, default 8. A call with another combination drops the least
+    recently used one (on CUDA its device buffers too), and a later call with it
+    prepares its buffers again (about a millisecond for a small model)."""
+    forced = os.environ.get("GRAPHC_MAX_SHAPES")
+    return max(1, int(forced)) if forced else 8
+
+
+class ShapeCache(OrderedDict):
+    """Per-feed-shape buffers of a compiled function, least recently used first, at most
+    `max_shapes()` of them."""
+
+    def lookup(self, key: tuple, make: Callable[[], Any]) -> Any:
+        """The entry for `key`, made by `make()` (evicting the oldest) if there is none."""
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        value = make()
+        self[key] = value
+        limit = max_shapes()
+        while len(self) > limit:
+            self.popitem(last=False)
+        return value
+
+
 class _Signature:
     """Buffers and sizes for one combination of feed shapes."""
 
@@ -111,6 +145,17 @@ class _Signature:
         self.nshards = len(bounds) - 1
         self.bounds = bounds
         self.shard_sizes = shard_sizes
+        self.status = np.zeros(1, dtype=np.int64)   # 2: an index was out of range
+
+
+def _refuse_empty_batch(inputs: list[Any], arrays: dict[str, np.ndarray]) -> None:
+    """FeedError for a training step fed 0 rows: its mean loss would be 0/0 (PyTorch gives
+    NaN and trains on it); predicting on 0 rows is fine and gives 0 rows."""
+    for node in inputs:
+        if node.shape and node.shape[0] is None and arrays[node.name].shape[0] == 0:
+            raise FeedError(f"input {node.name!r} was fed a batch of 0 rows "
+                            f"{arrays[node.name].shape}: a training step needs at least one "
+                            f"(declared at {node.where})")
 
 
 def concrete_shapes(graph: Graph, feeds: dict[str, np.ndarray]) -> dict[int, tuple]:
@@ -166,7 +211,10 @@ class CompiledFunction:
         self.skip_nonfinite = False
         self.check_finite = True
         self._single = single
-        self._signatures: dict[tuple, _Signature] = {}
+        self._plans = ShapeCache()
+        # One call at a time: a call writes its feeds into argument tables and buffers
+        # shared by calls with the same feed shapes (and a training step its parameters).
+        self._lock = threading.Lock()
         needed = ancestors(program, list(program.outputs) + [n for _, n in program.updates])
         self._inputs = [n for n in program.nodes if n.op == "input" and n.id in needed
                         and not n.name.startswith("@")]
@@ -262,6 +310,8 @@ class CompiledFunction:
         """Validate the feeds and set this step's hyperparameters: (feed arrays, the step
         number this call will be, the feed-shape key of its buffers)."""
         arrays = check_feeds(self._inputs, feeds, all_inputs=self._user_inputs)
+        if self.optimizer is not None:
+            _refuse_empty_batch(self._inputs, arrays)
         step_number = self.state["step"] + 1
         if self.optimizer is not None:
             for name, value in self.optimizer.hypers(step_number).items():
@@ -269,19 +319,26 @@ class CompiledFunction:
         return arrays, step_number, tuple(arrays[n.name].shape for n in self._inputs)
 
     def __call__(self, **feeds: Any) -> Any:
+        """Run the program on `feeds` (see the class docstring). Thread-safe: concurrent
+        calls of one compiled function run one after the other."""
+        with self._lock:
+            return self._call(feeds)
+
+    def _call(self, feeds: dict[str, Any]) -> Any:
         arrays, step_number, key = self._begin_call(feeds)
-        sig = self._signatures.get(key)
-        if sig is None:
-            sig = self._prepare(arrays)
-            self._signatures[key] = sig
+        sig = self._plans.lookup(key, lambda: self._prepare(arrays))
         args = sig.args
         for name, slot in sig.feed_slots.items():
             a = arrays[name]
             a = _step_array(a)
             args[slot] = a.reshape(1) if a.ndim == 0 else a
-        set_blas_threads(sig.blas_threads)
-        ok, outs = self._fn(*args, sig.sizes, self.check_finite and self.optimizer is not None,
-                            sig.nshards, sig.bounds, sig.shard_sizes)
+        with blas_threads(sig.blas_threads):
+            ok, outs = self._fn(*args, sig.sizes,
+                                self.check_finite and self.optimizer is not None,
+                                sig.nshards, sig.bounds, sig.shard_sizes, sig.status)
+        if sig.status[0]:   # a take kernel's range check
+            sig.status[0] = 0
+            raise self._index_error(arrays, "take")
         if not ok:
             return self._non_finite(arrays, outs)
         if self.optimizer is not None:
@@ -297,6 +354,22 @@ class CompiledFunction:
         if self.optimizer is not None:
             return results[0] if len(results) == 1 else tuple(results)
         return results[0] if self._single else tuple(results)
+
+    def _index_error(self, arrays: dict[str, np.ndarray], where: str) -> IndexRangeError:
+        """The error for a step a kernel stopped on an index out of range: the reference
+        interpreter's, which names the node, its line, the index and the valid range
+        (`where`, what the kernel knew, if the interpreter finds nothing)."""
+        feeds = dict(arrays)
+        feeds.update({k: v.reshape(()) for k, v in self._hyper.items()})
+        roots = list(self.program.outputs) + [nid for _, nid in self.program.updates]
+        message = f"{where}: an index is out of range for the axis it indexes"
+        try:
+            run_nodes(self.program, roots, feeds)
+        except IndexRangeError as err:
+            message = str(err)
+        if self.optimizer is not None:
+            message += "; parameters and optimizer state were left unchanged"
+        return IndexRangeError(message)
 
     def _non_finite(self, arrays: dict[str, np.ndarray], outs: tuple) -> Any:
         where = "not found by the reference interpreter"
@@ -370,6 +443,7 @@ class CompiledFunction:
                      for n in self.program.nodes if n.op == "matmul"), default=0.0)
         # one BLAS thread per shard: the shards are the parallelism
         blas = threads_for(flops) if nshards == 1 else 1
+        self.compile_report.blas_threads = blas
         return _Signature(args, sizes, feed_slots, blas, bounds, shard_sizes)
 
     def _shards(self, shapes: dict[int, tuple], sizes: np.ndarray

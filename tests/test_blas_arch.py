@@ -1,12 +1,12 @@
-"""Which OpenBLAS kernels graphc's matrix products run (kernels/cpu/blas_arch.py).
-
-The choice itself is environment logic (checked here with the CPU flags and environment
-replaced); its effect on speed is measured by benchmarks/run.py, not asserted. Loading
-leaves the environment as it found it, so subprocesses see the user's settings.
-"""
+"""graphc leaves the BLAS libraries of the process as they would be without it
+(kernels/cpu/blas_arch.py): `import graphc` and a compile change neither NumPy's nor SciPy's
+OpenBLAS kernels, honour a user's OPENBLAS_CORETYPE, leave no import hook behind and put the
+environment back; GRAPHC_BLAS_CORETYPE is an explicit request for SciPy's copy. Each case
+runs in a new process (a library picks its kernels once, when it is loaded)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,87 +16,76 @@ import pytest
 from kernels.cpu import blas_arch
 from kernels.cpu.threads import core_name
 
-AVX512 = set(blas_arch.SKYLAKEX_FLAGS) | {"avx2", "fma"}
+pytest.importorskip("threadpoolctl")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+COMPILE = ("g = graphc.Graph('t', seed=0)\n"
+           "x = g.input('x', (None, 4))\n"
+           "f = graphc.compile([graphc.nn.linear(x, 3, name='fc')])\n"
+           "f(x=numpy.ones((2, 4), numpy.float32))\n")
+
+# which kernels each OpenBLAS of the process runs, the environment, the import hooks
+REPORT = ("import threadpoolctl, sys\n"
+          "cores = {('numpy' if 'numpy.libs' in i['filepath'] else 'scipy'): i['architecture']"
+          " for i in threadpoolctl.threadpool_info() if i['internal_api'] == 'openblas'}\n"
+          "hooks = [type(f).__module__ for f in sys.meta_path]\n"
+          "print(json.dumps({'cores': cores, 'env': os.environ.get('OPENBLAS_CORETYPE'),"
+          " 'hooks': [h for h in hooks if h.split('.')[0] in ('graphc', 'kernels')]}))\n")
 
 
-@pytest.mark.parametrize(("env", "flags", "want"), [
-    ({}, AVX512, "SkylakeX"),                                   # AVX-512 CPU, nothing set
-    ({}, {"avx2", "fma"}, None),                                # no AVX-512: OpenBLAS decides
-    ({}, AVX512 - {"avx512bw"}, None),                          # an extension missing
-    ({"OPENBLAS_CORETYPE": "Haswell"}, AVX512, "SkylakeX"),     # graphc's choice, not numpy's
-    ({"GRAPHC_BLAS_CORETYPE": "env", "OPENBLAS_CORETYPE": "Haswell"}, AVX512, None),
-    ({"GRAPHC_BLAS_CORETYPE": "SkylakeX", "OPENBLAS_CORETYPE": "Haswell"}, set(), "SkylakeX"),
-    ({"GRAPHC_BLAS_CORETYPE": "detect"}, AVX512, None),
-])
-def test_preferred_coretype(monkeypatch: pytest.MonkeyPatch, env: dict, flags: set,
-                            want: str | None) -> None:
-    for var in ("OPENBLAS_CORETYPE", "GRAPHC_BLAS_CORETYPE"):
-        monkeypatch.delenv(var, raising=False)
-    for var, value in env.items():
-        monkeypatch.setenv(var, value)
-    monkeypatch.setattr(blas_arch, "cpu_flags", lambda: flags)
-    assert blas_arch.preferred_coretype() == want
-
-
-@pytest.mark.parametrize("env", [{}, {"OPENBLAS_CORETYPE": "Haswell"},
-                                 {"GRAPHC_BLAS_CORETYPE": "detect", "OPENBLAS_CORETYPE": "Zen"}])
-def test_loading_leaves_the_environment_unchanged(monkeypatch: pytest.MonkeyPatch,
-                                                  env: dict) -> None:
-    for var in ("OPENBLAS_CORETYPE", "GRAPHC_BLAS_CORETYPE"):
-        monkeypatch.delenv(var, raising=False)
-    for var, value in env.items():
-        monkeypatch.setenv(var, value)
-    before = dict(os.environ)
-    blas_arch.load_blas()
-    assert dict(os.environ) == before
-
-
-def run_python(code: str, **env: str) -> list[str]:
-    """The words a new Python process running `code` prints, with `env` added to ours."""
-    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, **env),
-                         capture_output=True, text=True)
+def run(prelude: str, **env: str) -> dict:
+    """What REPORT prints in a new process after `prelude` then `import numpy, scipy.linalg`,
+    with `env` on top of ours (GRAPHC_/OPENBLAS_CORETYPE removed unless given)."""
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("OPENBLAS_CORETYPE", "GRAPHC_BLAS_CORETYPE")}
+    code = f"import json, os\n{prelude}\nimport numpy, scipy.linalg\n{REPORT}"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(base, PYTHONPATH=REPO, **env), timeout=300)
     assert out.returncode == 0, out.stderr
-    return out.stdout.split()
+    return json.loads(out.stdout.splitlines()[-1])
 
 
-CORE_NAME = "import graphc, os; from kernels.cpu.threads import core_name; print(core_name())"
+@pytest.mark.parametrize("env", [{}, {"OPENBLAS_CORETYPE": "Haswell"}])
+@pytest.mark.parametrize("prelude", ["import graphc", f"import graphc, numpy\n{COMPILE}"])
+def test_graphc_changes_no_blas_library(env: dict, prelude: str) -> None:
+    without = run("", **env)
+    withgc = run(prelude, **env)
+    assert withgc == without
+    assert withgc["hooks"] == [] and withgc["env"] == env.get("OPENBLAS_CORETYPE")
+    if env:   # the user's choice reaches both libraries
+        assert set(withgc["cores"].values()) == {"Haswell"}
 
 
-def test_a_new_process_runs_the_kernels_asked_for() -> None:
-    """GRAPHC_BLAS_CORETYPE reaches SciPy's OpenBLAS when graphc loads it first."""
-    code = CORE_NAME[:-1] + ", os.environ.get('OPENBLAS_CORETYPE'))"
-    out = run_python(code, GRAPHC_BLAS_CORETYPE="Haswell", OPENBLAS_CORETYPE="Prescott")
-    if out[0] == "unknown":
-        pytest.skip("SciPy's OpenBLAS does not report its kernels here")
-    assert out == ["Haswell", "Prescott"]   # graphc's choice, the environment untouched
+def test_an_explicit_graphc_coretype_loads_scipys_copy_with_it() -> None:
+    without = run("")
+    asked = run(f"import graphc, numpy\n{COMPILE}", GRAPHC_BLAS_CORETYPE="Sandybridge")
+    assert asked["cores"]["scipy"] == "Sandybridge"
+    assert asked["cores"]["numpy"] == without["cores"]["numpy"]   # NumPy's copy untouched
+    assert asked["env"] is None and asked["hooks"] == []
 
 
-def test_env_follows_openblas_coretype() -> None:
-    out = run_python(CORE_NAME, GRAPHC_BLAS_CORETYPE="env", OPENBLAS_CORETYPE="Sandybridge")
-    if out[0] == "unknown":
-        pytest.skip("SciPy's OpenBLAS does not report its kernels here")
-    assert out == ["Sandybridge"]
+def test_compile_report_names_the_kernels_and_threads() -> None:
+    prelude = (f"import graphc, numpy\n{COMPILE}"
+               "print(json.dumps(str(f.compile_report)))\n")
+    base = {k: v for k, v in os.environ.items() if k != "GRAPHC_BLAS_CORETYPE"}
+    out = subprocess.run([sys.executable, "-c", f"import json\n{prelude}"], text=True,
+                         capture_output=True, env=dict(base, PYTHONPATH=REPO,
+                                                       GRAPHC_BLAS_THREADS="1"), timeout=300)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.splitlines()[-1])
+    line = next(line for line in report.splitlines() if "BLAS:" in line)
+    assert "OpenBLAS" in line and "1 thread(s)" in line
+    assert line.split("OpenBLAS ")[1].split()[0] not in ("", "unknown")
 
 
-def test_scipy_linalg_imported_later_is_whole() -> None:
-    """graphc loads scipy.linalg.cython_blas without running scipy.linalg's __init__; a
-    later `import scipy.linalg` still binds the submodule and works."""
-    assert run_python(
-        "import sys, numpy as np, graphc\n"
-        "assert 'scipy.linalg' not in sys.modules\n"
-        "import scipy.linalg\n"
-        "import scipy.linalg.cython_blas as cb\n"
-        "assert scipy.linalg.cython_blas is cb is sys.modules['scipy.linalg.cython_blas']\n"
-        "assert np.allclose(scipy.linalg.inv(np.diag([2.0, 4.0])), np.diag([0.5, 0.25]))\n"
-        "print('ok')\n") == ["ok"]
-
-
-def test_scipy_linalg_imported_first_is_used() -> None:
-    assert run_python(
-        "import scipy.linalg, graphc\n"
-        "from kernels.cpu.blas_arch import import_cython_blas\n"
-        "assert import_cython_blas() is scipy.linalg.cython_blas\n"
-        "print('ok')\n") == ["ok"]
+@pytest.mark.parametrize(("value", "want"), [(None, None), ("detect", None), ("env", None),
+                                             ("SkylakeX", "SkylakeX")])
+def test_requested_coretype(monkeypatch: pytest.MonkeyPatch, value: str | None,
+                            want: str | None) -> None:
+    monkeypatch.delenv("GRAPHC_BLAS_CORETYPE", raising=False)
+    if value is not None:
+        monkeypatch.setenv("GRAPHC_BLAS_CORETYPE", value)
+    assert blas_arch.requested_coretype() == want
 
 
 def test_core_name_is_reported() -> None:

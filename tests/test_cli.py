@@ -155,3 +155,48 @@ def test_bench(monkeypatch, capsys) -> None:
     monkeypatch.setattr(cli, "source_checkout_file", lambda *parts: None)
     assert cli.main(["bench"]) == 2
     assert "python benchmarks/run.py" in capsys.readouterr().err
+
+
+EXAMPLES = sorted(f for f in os.listdir(os.path.join(ROOT, "examples")) if f.endswith(".py"))
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_show_works_on_every_example(example: str, capsys) -> None:
+    """Examples build their graphs inside functions: `show` runs the script up to its first
+    gc.compile / gc.grad / gc.evaluate and shows the graph there, training nothing."""
+    path = os.path.join(ROOT, "examples", example)
+    assert cli.main(["show", path]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("graph '") and example in captured.out
+    assert "epoch" not in captured.err and "test_accuracy" not in captured.err
+    if example == "custom_op.py":   # its first graph (a finite-difference check) has no params
+        assert cli.main(["show", path, "--backward"]) == 1
+        assert "'f' has no parameters to differentiate" in capsys.readouterr().err
+    else:
+        assert cli.main(["show", path, "--backward"]) == 0
+        assert "[backward:" in capsys.readouterr().out
+
+
+def test_show_backward_of_an_example_lists_gradients(capsys) -> None:
+    assert cli.main(["show", os.path.join(ROOT, "examples", "mlp_digits.py"), "--backward"]) == 0
+    out = capsys.readouterr().out
+    assert "backward" in out and "mlp_digits.py" in out
+
+
+@pytest.mark.parametrize("installed", [False, True])
+def test_demo_rejects_unknown_options(installed: bool, monkeypatch, capsys) -> None:
+    if installed:   # as after a non-editable `pip install .`: no examples directory
+        monkeypatch.setattr(cli, "source_checkout_file", lambda *parts: None)
+    with pytest.raises(SystemExit) as info:
+        cli.main(["demo", "--epochz", "2"])
+    assert info.value.code == 2 and "--epochz" in capsys.readouterr().err
+
+
+def test_demo_without_the_examples_directory_shows_the_backward_graph(monkeypatch,
+                                                                      capsys) -> None:
+    monkeypatch.setattr(cli, "source_checkout_file", lambda *parts: None)
+    assert cli.main(["demo", "--epochs", "1", "--hidden", "8", "--show-backward",
+                     "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "The backward graph" in out and "[backward:" in out
+    assert re.fullmatch(r"test_accuracy=0\.\d{4}", out.splitlines()[-1])

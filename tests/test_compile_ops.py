@@ -204,8 +204,8 @@ INDEX = OpGroup(
             "j": ((6,), "int64"), "k": ((2, 3), "int64"), "labels": ((None,), "int64")},
     data=lambda rng, n: {
         "x": rng.standard_normal((n, 4)), "emb": rng.standard_normal((6, 3)),
-        "i": np.array([1, 0, -1, 1, 0]),
-        "j": np.array([3, 0, 2, 2, -1, 3]), "k": np.array([[5, 0, 5], [2, 2, 1]]),
+        "i": np.array([1, 0, 1, 1, 0]),
+        "j": np.array([3, 0, 2, 2, 1, 3]), "k": np.array([[5, 0, 5], [2, 2, 1]]),
         "labels": rng.integers(0, 4, size=n)},
     ops={
         "take_axis0_repeated": lambda v: gc.take(v.x, v.i, axis=0),

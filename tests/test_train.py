@@ -324,7 +324,8 @@ def test_nonfinite_step_leaves_params_and_optimizer_state_bitwise_unchanged(
     assert_same(before, snapshot(step))
     assert step.state["step"] == counter
     message = str(info.value)
-    assert "matmul" in message
+    assert "the feed 'x' holds a non-finite value (nan at index (5, 2)" in message
+    assert "which reaches matmul" in message
     assert f"test_train.py:{fresh.hidden_line}" in message
     assert f"step {counter + 1}" in message and "left unchanged" in message
 

@@ -27,7 +27,7 @@ from graphc.ops.elementwise import (
 )
 from graphc.ops.reduce import max, mean, sum
 from graphc.ops.registry import normalize_axes
-from graphc.ops.views import expand_dims
+from graphc.ops.views import expand_dims, take
 
 
 def _shift(x: Value, axis: Any) -> Value:
@@ -81,6 +81,8 @@ def softmax_cross_entropy(logits: Value, labels: Value, label_smoothing: float =
         `gc.mean` of the per-example losses divides by all rows, ignored ones included.
 
     The gradient is the fused rule `(softmax(logits) - target) * g` (0 on ignored rows).
+    A label outside [0, C) (other than `ignore_index`) raises IndexRangeError naming it
+    (negative labels included).
     """
     if not is_float(logits.dtype):
         raise GraphError(f"softmax_cross_entropy: logits must be floating point, got "
@@ -103,7 +105,10 @@ def softmax_cross_entropy(logits: Value, labels: Value, label_smoothing: float =
         keep = not_equal(labels, int(ignore_index))
         labels = where(keep, labels, 0)  # ignored rows pick class 0, then are masked
     lse = logsumexp(logits, axis=-1)
-    target = one_hot(labels, classes, logits.dtype)
+    # the rows of an identity matrix: a label outside [0, classes) raises (as in PyTorch),
+    # where comparing with arange(classes) would silently give a zero target
+    eye = logits.graph.const(np.eye(classes, dtype=logits.dtype))
+    target = take(eye, labels, axis=0, what="softmax_cross_entropy label")
     if smoothing:
         target = target * (1.0 - smoothing) + smoothing / classes
     loss = lse - sum(logits * target, axis=-1)

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from graphc.errors import GraphError, user_location
+from graphc.errors import GraphError, IndexRangeError, user_location
 from graphc.ir import Node, Value, format_shape
 from graphc.ops.registry import (
     InferError,
@@ -301,7 +301,8 @@ def _as_int(v: Any) -> int | None:
 
 
 def getitem(x: Value, index: Any) -> Value:
-    """Basic indexing: ints, slices, None (new axis), Ellipsis; or one integer Value (take)."""
+    """Basic indexing: ints, slices, None (new axis), Ellipsis; or one integer Value (take:
+    its entries must lie in [0, x.shape[0]), a negative one raises)."""
     if isinstance(index, Value):
         return take(x, index, axis=0)
     items = list(index) if isinstance(index, tuple) else [index]
@@ -356,39 +357,61 @@ def getitem(x: Value, index: Any) -> Value:
 
 # -- gathers ---------------------------------------------------------------------------
 
-def _take_infer(nodes: list[Node], axis: int) -> tuple:
+def _take_infer(nodes: list[Node], axis: int, what: str = "index") -> tuple:
     x, idx = nodes
     if idx.dtype not in ("int32", "int64", "int16", "int8", "uint8", "uint16", "uint32"):
         raise InferError(f"indices must be integers, got {idx.dtype}")
     return x.shape[:axis] + idx.shape + x.shape[axis + 1:], x.dtype
 
 
-def _take_ref(x: np.ndarray, idx: np.ndarray, axis: int) -> np.ndarray:
+def check_index_range(idx: np.ndarray, size: int, what: str = "index") -> None:
+    """IndexRangeError unless every entry of `idx` lies in [0, size) (no wrapping)."""
+    if idx.size == 0:
+        return
+    low, high = int(idx.min()), int(idx.max())
+    if low < 0 or high >= size:
+        bad = low if low < 0 else high
+        raise IndexRangeError(f"{what} {bad} is out of range [0, {size})")
+
+
+def _take_ref(x: np.ndarray, idx: np.ndarray, axis: int, what: str = "index") -> np.ndarray:
+    check_index_range(idx, x.shape[axis], what)
     return np.take(x, idx, axis=axis)
 
 
-def _take_grad_ref(g: np.ndarray, idx: np.ndarray, ref: np.ndarray, axis: int) -> np.ndarray:
+def _take_grad_ref(g: np.ndarray, idx: np.ndarray, ref: np.ndarray, axis: int,
+                   what: str = "index") -> np.ndarray:
+    check_index_range(idx, ref.shape[axis], what)
     out = np.zeros(ref.shape, dtype=g.dtype)
     np.add.at(out, (slice(None),) * axis + (idx,), g)
     return out
 
 
-def _take_vjp(g: Value, out: Value, x: list[Value], needs: tuple, axis: int) -> tuple:
-    return (make("take_grad", [g, x[1], x[0]], axis=axis), None)
+def _take_vjp(g: Value, out: Value, x: list[Value], needs: tuple, axis: int,
+              what: str = "index") -> tuple:
+    return (make("take_grad", [g, x[1], x[0]], axis=axis, what=what), None)
+
+
+def _take_grad_vjp(g: Value, out: Value, x: list[Value], needs: tuple, axis: int,
+                   what: str = "index") -> tuple:
+    return (make("take", [g, x[1]], axis=axis, what=what), None, None)
 
 
 defop("take", "index", _take_infer, _take_ref, vjp=_take_vjp, arity=2)
-defop("take_grad", "index", lambda nodes, axis: (nodes[2].shape, nodes[0].dtype),
-      _take_grad_ref, arity=3,
-      vjp=lambda g, out, x, needs, axis: (make("take", [g, x[1]], axis=axis), None, None))
+defop("take_grad", "index", lambda nodes, axis, what="index": (nodes[2].shape, nodes[0].dtype),
+      _take_grad_ref, arity=3, vjp=_take_grad_vjp)
 
 
-def take(x: Value, indices: Value, axis: int = 0) -> Value:
-    """Gather entries of `x` along `axis` at integer `indices` (gradient: scatter-add)."""
+def take(x: Value, indices: Value, axis: int = 0, *, what: str = "index") -> Value:
+    """Gather entries of `x` along `axis` at integer `indices` (gradient: scatter-add).
+
+    Every index must lie in [0, x.shape[axis]): a negative one raises IndexRangeError, as
+    in PyTorch (numpy's take would wrap it). `what` names an index in that error (e.g.
+    "softmax_cross_entropy label")."""
     if not isinstance(indices, Value):
         indices = x.graph.const(np.asarray(indices, dtype=np.int64))
     (ax,) = normalize_axes(axis, x.ndim, "take", [x, indices])
-    return make("take", [x, indices], axis=ax)
+    return make("take", [x, indices], axis=ax, what=what)
 
 
 # -- gathers along an axis (numpy's take_along_axis) ------------------------------------

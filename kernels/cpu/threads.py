@@ -7,9 +7,13 @@ waking and synchronising threads than multiplying (measured: a 64-128-128-10 MLP
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import functools
 import glob
 import os
+from collections.abc import Iterator
+from typing import Any
 
 from kernels.cpu.blas_arch import import_cython_blas
 
@@ -18,8 +22,9 @@ _GETTERS = ("scipy_openblas_get_num_threads", "openblas_get_num_threads")
 _CORENAMES = ("scipy_openblas_get_corename", "openblas_get_corename")
 
 
+@functools.cache
 def _library() -> ctypes.CDLL | None:
-    """SciPy's OpenBLAS (the copy Numba's `np.dot` calls), or None."""
+    """SciPy's OpenBLAS (the copy Numba's `np.dot` calls), loaded on first use, or None."""
     if import_cython_blas() is None:
         return None
     import scipy
@@ -35,42 +40,59 @@ def _library() -> ctypes.CDLL | None:
     return None
 
 
-def _load() -> tuple[object | None, object | None]:
+def _function(names: tuple[str, ...]) -> Any:
     lib = _library()
-    if lib is None:
-        return None, None
-    setter = next((getattr(lib, n) for n in _SETTERS if hasattr(lib, n)), None)
-    getter = next((getattr(lib, n) for n in _GETTERS if hasattr(lib, n)), None)
-    return setter, getter
+    return next((getattr(lib, n) for n in names if hasattr(lib, n)), None) if lib else None
 
 
 def core_name() -> str:
     """The kernels SciPy's OpenBLAS runs (e.g. "Haswell", "SkylakeX"), or "unknown"."""
-    lib = _library()
-    fn = next((getattr(lib, n) for n in _CORENAMES if hasattr(lib, n)), None) if lib else None
+    fn = _function(_CORENAMES)
     if fn is None:
         return "unknown"
     fn.restype = ctypes.c_char_p
     return fn().decode().strip()
 
 
-_setter, _getter = _load()
-_current: int | None = None
-MAX_THREADS = _getter() if _getter is not None else (os.cpu_count() or 1)
-
-
 def available() -> bool:
     """Whether the thread count of Numba's BLAS can be controlled here."""
-    return _setter is not None
+    return _function(_SETTERS) is not None
+
+
+def current_threads() -> int | None:
+    """SciPy's OpenBLAS thread count now, or None if it cannot be read."""
+    getter = _function(_GETTERS)
+    return int(getter()) if getter is not None else None
+
+
+@functools.cache
+def max_threads() -> int:
+    """The thread count SciPy's OpenBLAS started with (all cores, unless the environment
+    says otherwise)."""
+    return current_threads() or os.cpu_count() or 1
 
 
 def set_blas_threads(n: int) -> None:
-    """Use `n` BLAS threads for the matrix products of compiled steps (cheap if unchanged)."""
-    global _current
-    if _setter is None or n == _current:
+    """Use `n` BLAS threads from now on (benchmarks; a compiled step sets its own count for
+    the call and then restores this one: `blas_threads`)."""
+    setter = _function(_SETTERS)
+    if setter is not None:
+        setter(int(n))
+
+
+@contextlib.contextmanager
+def blas_threads(n: int) -> Iterator[None]:
+    """Run the block with `n` BLAS threads, then put back the count set before (SciPy's
+    OpenBLAS is shared with the rest of the process)."""
+    setter, before = _function(_SETTERS), current_threads()
+    if setter is None or before is None or before == n:
+        yield
         return
-    _setter(int(n))
-    _current = n
+    setter(int(n))
+    try:
+        yield
+    finally:
+        setter(before)
 
 
 def threads_for(flops: float) -> int:
@@ -83,7 +105,7 @@ def threads_for(flops: float) -> int:
     forced = os.environ.get("GRAPHC_BLAS_THREADS")
     if forced:
         return max(1, int(forced))
-    return 1 if flops < 32e6 else MAX_THREADS
+    return 1 if flops < 32e6 else max_threads()
 
 
 def shard_count() -> int:

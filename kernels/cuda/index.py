@@ -4,8 +4,8 @@ Every array is a flat 1-D buffer read through an offset and per-axis strides (in
 elements), so views (slices, transposes, broadcasts) are read in place. All kernels are
 grid-stride loops over their output, one thread per output element, and deterministic:
 
-- take: out[p, j, q] = x[p, idx[j], q]; an index outside [-n, n) sets err[0] = 1 (the
-  runtime raises IndexError) and writes 0.
+- take: out[p, j, q] = x[p, idx[j], q]; an index outside [0, n) (negative ones do not
+  wrap) sets err[0] = 1 (the runtime raises IndexRangeError) and writes 0.
 - take_grad (scatter-add): out[p, r, q] = sum over j in order of g[p, j, q] where idx[j]
   == r. Each output element is owned by one thread that walks the indices in order: no
   atomics, the same summation order as the CPU kernel, so the result does not depend on
@@ -18,6 +18,8 @@ grid-stride loops over their output, one thread per output element, and determin
 - copy: dst (strided) = src (strided), for materialised reshapes, concat, slice_grad and
   parameter updates that could not be written in place.
 - fill_zero: dst[:n] = 0.
+- finite_check: flag[0] = 1 if any element of a strided array is NaN or infinite (the
+  step reads the one flag before it launches any update).
 """
 
 from __future__ import annotations
@@ -49,8 +51,6 @@ def take_source(x_rank: int, axis: int, idx_rank: int, x_dtype: str,
     lines = _def(params) + [f"    total = {product(sizes)}", _LOOP]
     lines += unravel("t", out_names, sizes, " " * 8)
     lines += [f"        v = np.int64(idx[{strided('io', inner, iss)}])",
-              "        if v < 0:",
-              "            v += n",
               "        if v < 0 or v >= n:",
               "            err[0] = 1",
               "            out[t] = 0",
@@ -82,8 +82,6 @@ def take_grad_source(ref_rank: int, axis: int, idx_rank: int, dtype: str,
               "        for u in range(nidx):"]
     lines += unravel("u", inner, isizes, " " * 12)
     lines += [f"            v = np.int64(idx[{strided('io', inner, iss)}])",
-              "            if v < 0:",
-              "                v += n",
               "            if v < 0 or v >= n:",
               "                err[0] = 1",
               "            elif v == row:",
@@ -186,4 +184,20 @@ def fill_zero_source(dtype: str) -> tuple[str, list[Param]]:
     """dst[:n] = 0."""
     params: list[Param] = [("int", "total"), (dtype, "dst")]
     lines = _def(params) + [_LOOP, "        dst[t] = 0"]
+    return "\n".join(lines) + "\n", params
+
+
+def finite_check_source(rank: int, dtype: str) -> tuple[str, list[Param]]:
+    """flag[0] = 1 if any element of src (strided, n0 x ... x n{rank-1}) is not finite."""
+    names = [f"i{a}" for a in range(rank)]
+    sizes = [f"n{a}" for a in range(rank)]
+    ss = [f"ss{a}" for a in range(rank)]
+    params: list[Param] = [("int", s) for s in sizes]
+    params += [(dtype, "src"), ("int", "so")] + [("int", s) for s in ss]
+    params += [("int32", "flag")]
+    lines = _def(params) + [f"    total = {product(sizes)}", _LOOP]
+    lines += unravel("t", names, sizes, " " * 8)
+    lines += [f"        v = src[{strided('so', names, ss)}]",
+              "        if math.isinf(v) or math.isnan(v):",
+              "            flag[0] = 1"]
     return "\n".join(lines) + "\n", params

@@ -22,7 +22,8 @@ from graphc.ir import Graph
 from graphc.optim import Optimizer
 from graphc.passes import LOWERING_CPU
 from graphc.runtime import CompiledFunction, CompileReport
-from kernels.cpu.threads import shard_count
+from kernels.cpu.blas_arch import import_cython_blas
+from kernels.cpu.threads import core_name, shard_count
 
 if TYPE_CHECKING:
     from graphc.backends import CompileRequest
@@ -33,7 +34,9 @@ def require() -> None:
 
 
 def prepare() -> None:
-    """Called before the graph passes: start compile workers early if the cache is cold."""
+    """Called before the graph passes: load SciPy's OpenBLAS (the matrix products' BLAS,
+    kernels/cpu/blas_arch.py) and start compile workers early if the cache is cold."""
+    import_cython_blas()
     prestart_workers(write_module("graphc_kernel", executor_source())[1])
 
 
@@ -76,6 +79,7 @@ def build(program: Graph, report: CompileReport, single: bool,
           request: CompileRequest) -> CompiledFunction:
     """The compiled function of a scheduled `program` (groups and memory plan set)."""
     user_graph = request.outputs[0].graph
+    report.blas = _blas_description()
     if program.shards is not None and program.shards.enabled:
         return _compile_fused(program, report, request.optimizer, single, user_graph)
     timings = report.phases
@@ -90,12 +94,17 @@ def build(program: Graph, report: CompileReport, single: bool,
     return _run_program(program, code, stats, report, request.optimizer, single, user_graph)
 
 
+def _blas_description() -> str:
+    return f"OpenBLAS {core_name()} kernels (SciPy's copy)"
+
+
 def _run_program(program: Graph, code: Program, stats: CacheStats, report: CompileReport,
                  optimizer: Optimizer | None, single: bool,
                  user_graph: Graph) -> CompiledFunction:
     """The CPU step as a program of kernel calls (codegen.py): machine code of its kernels,
     and the function that runs them."""
     timings = report.phases
+    report.blas = _blas_description()
     report.record_kernels(len(code.instructions), len(code.modules), stats)
     built = compile_modules(code.modules + [code.executor], timings)
     report.compile_workers = built.workers
@@ -147,6 +156,7 @@ def _signature(writer: StepWriter, program: Graph) -> tuple:
     types.append(numba.types.int64)                             # nshards
     types.append(numba.types.Array(numba.types.int64, 1, "C"))   # bounds
     types.append(numba.types.Array(numba.types.int64, 2, "C"))   # shard_sizes
+    types.append(numba.types.Array(numba.types.int64, 1, "C"))   # status
     return tuple(types)
 
 
@@ -154,6 +164,7 @@ def _load_step(writer: StepWriter, module: str, path: str, program: Graph) -> tu
     """Import the step and its kernels and compile (or load from Numba's cache) for the
     step's argument types. An unusable cache entry is dropped and compiled afresh.
 
+    A Numba typing or lowering error is no damaged cache: it is reported at once.
     Returns (step function, 1 if the Numba cache had to be dropped and rebuilt else 0)."""
     signature = _signature(writer, program)
 
@@ -166,8 +177,11 @@ def _load_step(writer: StepWriter, module: str, path: str, program: Graph) -> tu
 
     try:
         return load(), 0
+    except numba.core.errors.NumbaError as err:
+        # a typing or lowering error of the generated code: the cache is not the cause
+        raise GraphError(f"compiling the step failed: {err}") from err
     except Exception as err:
-        # Any damaged cache entry: Numba unpickles its index and data files, so junk in them
+        # A damaged cache entry: Numba unpickles its index and data files, so junk in them
         # raises whatever pickle raises (UnpicklingError, EOFError, KeyError, ...); the
         # retry below starts from a clean cache.
         for kernel in writer.kernels:

@@ -778,7 +778,8 @@ def finite_check_source(dtype: str) -> str:
 
 def index_kernel_source(node: Node, graph: Graph, ranks: list[int]) -> str:
     """Gather (take) and scatter-add (take_grad) kernels for one rank combination; status 2
-    for an index out of range. Block: per operand its address and sizes, then the output's.
+    for an index outside [0, n) (negative ones do not wrap). Block: per operand its address
+    and sizes, then the output's.
 
     Both loop over the gathered shape `x.shape[:axis] + idx.shape + x.shape[axis + 1:]`
     (take's output, take_grad's incoming gradient) and differ only in the last line.
@@ -816,7 +817,7 @@ def index_kernel_source(node: Node, graph: Graph, ranks: list[int]) -> str:
         body += [f"n = out.shape[{axis}]", "out[...] = 0"]
         last = f"out[{scattered}] += g[{gathered}]"
     loops = [(v, f"{driver}.shape[{k}]") for k, v in enumerate(outer + inner + rest)]
-    inner_body = [f"t = idx[{', '.join(inner) if inner else '0'}]", "if t < 0:", "    t += n",
+    inner_body = [f"t = idx[{', '.join(inner) if inner else '0'}]",
                   "if t < 0 or t >= n:", "    return 2", last]
     depth = 0
     for var, bound in loops:

@@ -97,6 +97,7 @@ class StepWriter:
         self.lazy_views: set[int] = set()   # views of row values, bound where they are used
         self.split = False   # the group being written shares its rows out among the shards
         self.parallel = False   # the step has parallel regions
+        self.has_index_kernels = False   # take kernels, which report a bad index in status
 
     # -- naming ---------------------------------------------------------------------
     def arg(self, kind: str, key: object) -> str:
@@ -207,7 +208,7 @@ class StepWriter:
         self.body.append(f"return True, ({outs})")
         self.write_kernel_files()
         params = ", ".join([f"a{i}" for i in range(len(self.args))] +
-                           ["sizes", "check", "nshards", "bounds", "shard_sizes"])
+                           ["sizes", "check", "nshards", "bounds", "shard_sizes", "status"])
         imports = sorted({f"from {k.module} import kernel as {k.name}" for k in self.kernels}
                          | self.call_imports)
         # library modules the step calls (Numba's cache of the step does not track them)
@@ -275,9 +276,12 @@ class StepWriter:
                 name = self.value(nid)
                 if name not in checked:
                     checked.append(name)
+        outs = "".join(f"{self.value(n)}, " for n in self.graph.outputs)
+        if self.has_index_kernels:   # an index out of range stops the step here
+            self.body.append("if status[0] != 0:")
+            self.body.append(f"    return False, ({outs})")
         if not checked:
             return
-        outs = "".join(f"{self.value(n)}, " for n in self.graph.outputs)
         cond = " and ".join(f"all_finite({name})" for name in checked)
         self.body.append(f"if check and not ({cond}):")
         self.body.append(f"    return False, ({outs})")
@@ -301,7 +305,7 @@ class StepWriter:
         fn = f"region{region.index}"
         arrays = ", ".join(external)
         lines = [STEP_DECORATOR,
-                 f"def {fn}(s, nshards, lo, hi, ssz, {arrays}):"]
+                 f"def {fn}(s, nshards, lo, hi, ssz, status, {arrays}):"]
         lines += ["    " + line for line in region.lines]
         self.region_sources.append("\n".join(lines) + "\n\n")
         # One shard runs on this thread (waking the pool would leave its threads spinning
@@ -309,11 +313,11 @@ class StepWriter:
         # a literal 0 would be a constant), so one compiled function serves both.
         self.body += ["if nshards == 1:",
                       f"    {fn}(nshards - 1, nshards, bounds[0], bounds[1], shard_sizes[0], "
-                      f"{arrays})",
+                      f"status, {arrays})",
                       "else:",
                       "    for s in prange(nshards):",
                       f"        {fn}(np.int64(s), nshards, bounds[s], bounds[s + 1], "
-                      f"shard_sizes[s], {arrays})"]
+                      f"shard_sizes[s], status, {arrays})"]
         self.parallel = True
         for nid in region.partials:
             how = self.shards.combine[nid]
@@ -444,7 +448,8 @@ class StepWriter:
         kernel = self.add_kernel(Group("index", [node.id], 0), index_kernel_source(
             node, self.graph))
         operands = [self.value(i) for i in data_inputs(node)]
-        self.body.append(f"{kernel.name}({', '.join(operands + [out])})")
+        self.body.append(f"{kernel.name}({', '.join(operands + [out, 'status'])})")
+        self.has_index_kernels = True
 
     def emit_call(self, node: Node) -> None:
         """A library kernel (OpDef.kernel, "module:function") called as
@@ -625,7 +630,9 @@ def loop_kernel_source(graph: Graph, group: Group, in_place: dict[int, int] | No
 
 
 def index_kernel_source(node: Node, graph: Graph) -> str:
-    """Gather (take) and scatter-add (take_grad) kernels for one rank combination.
+    """Gather (take) and scatter-add (take_grad) kernels for one rank combination. An index
+    outside [0, n) sets status[0] = 2 (an exception would be lost in a parallel region) and
+    the step returns before its updates.
 
     Both loop over the gathered shape `x.shape[:axis] + idx.shape + x.shape[axis + 1:]`
     (take's output, take_grad's incoming gradient) and differ only in the last line.
@@ -647,16 +654,16 @@ def index_kernel_source(node: Node, graph: Graph) -> str:
     gathered = ", ".join(outer + inner + rest) or "0"
     scattered = ", ".join(outer + ["t"] + rest)
     if node.op == "take":
-        params, driver = "x, idx, out", "out"
+        params, driver = "x, idx, out, status", "out"
         pre_lines = [f"n = x.shape[{axis}]"]
         last = f"out[{gathered}] = x[{scattered}]"
     else:
-        params, driver = "g, idx, out", "g"
+        params, driver = "g, idx, out, status", "g"
         pre_lines = [f"n = out.shape[{axis}]", "out[...] = 0"]
         last = f"out[{scattered}] += g[{gathered}]"
     loops = [(v, f"{driver}.shape[{k}]") for k, v in enumerate(outer + inner + rest)]
-    body = [f"t = idx[{', '.join(inner) if inner else '0'}]", "if t < 0:", "    t += n",
-            "if t < 0 or t >= n:", "    raise IndexError('take: index out of range')", last]
+    body = [f"t = idx[{', '.join(inner) if inner else '0'}]",
+            "if t < 0 or t >= n:", "    status[0] = 2", "    return", last]
     lines = [KERNEL_DECORATOR, f"def kernel({params}):"] + ["    " + p for p in pre_lines]
     depth = 1
     for var, bound in loops:

@@ -16,14 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from graphc.backends.cpu.codegen import Instruction, Program
+from graphc.backends.cpu.codegen import Program
 from graphc.errors import GraphError
 from graphc.ir import Graph
 from graphc.ops.scan import ShapeOnly
 from graphc.passes.memory import VIEW_OPS
 from graphc.runtime import CompiledFunction, CompileReport, _step_array, concrete_shapes
 from kernels.cpu.program import STATUS_INDEX_RANGE, STATUS_NOT_FINITE
-from kernels.cpu.threads import set_blas_threads, threads_for
+from kernels.cpu.threads import blas_threads, threads_for
 
 # The executor's C signature (kernels/cpu/program.py); ctypes releases the GIL for the call.
 _EXECUTOR = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
@@ -68,30 +68,28 @@ class ProgramFunction(CompiledFunction):
         self._addresses = addresses
         self._plans: dict[tuple, _Plan] = {}
 
-    def __call__(self, **feeds: Any) -> Any:
+    def _call(self, feeds: dict[str, Any]) -> Any:
         arrays, step_number, key = self._begin_call(feeds)
-        plan = self._plans.get(key)
-        if plan is None:
-            plan = self._plan(arrays)
-            self._plans[key] = plan
+        plan = self._plans.lookup(key, lambda: self._plan(arrays))
         table = plan.table
         held = []
         for name, (positions, offsets) in plan.patches.items():
             a = _step_array(arrays[name])
             held.append(a)
             table[positions] = a.ctypes.data + offsets
-        set_blas_threads(plan.blas_threads)
         check = self.check_finite and self.optimizer is not None
-        index = self._execute(self._functions.ctypes.data, plan.blocks.ctypes.data,
-                              self._is_check.ctypes.data, len(self._functions), check,
-                              plan.status.ctypes.data)
+        with blas_threads(plan.blas_threads):
+            index = self._execute(self._functions.ctypes.data, plan.blocks.ctypes.data,
+                                  self._is_check.ctypes.data, len(self._functions), check,
+                                  plan.status.ctypes.data)
         del held
         status = int(plan.status[0]) if index >= 0 else 0
         plan.status[0] = 0
         if status == STATUS_NOT_FINITE:
             return self._non_finite(arrays, plan.outputs)
         if status == STATUS_INDEX_RANGE:
-            raise self._index_error(self.code.instructions[index])
+            node = self.program.nodes[self.code.instructions[index].nodes[0]]
+            raise self._index_error(arrays, f"{node.op} {node.label} built at {node.where}")
         if status:
             raise GraphError(f"internal: instruction {index} stopped the step with status "
                              f"{status}")
@@ -99,16 +97,12 @@ class ProgramFunction(CompiledFunction):
             self.state["step"] = step_number
         return self._results(plan.outputs)
 
-    def _index_error(self, instruction: Instruction) -> IndexError:
-        node = self.program.nodes[instruction.nodes[0]]
-        return IndexError(f"{node.op} {node.label} built at {node.where}: an index is out of "
-                          f"range for the axis it indexes; parameters and optimizer state "
-                          f"were left unchanged")
-
     # -- plans ---------------------------------------------------------------------------
     def _plan(self, arrays: dict[str, np.ndarray]) -> _Plan:
-        return build_plan(self.program, self.code, self._shapes(arrays), self._hyper,
+        plan = build_plan(self.program, self.code, self._shapes(arrays), self._hyper,
                           self._addresses)
+        self.compile_report.blas_threads = plan.blas_threads
+        return plan
 
 
 def build_plan(program: Graph, code: Program, shapes: dict[int, tuple],

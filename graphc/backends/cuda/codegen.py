@@ -57,6 +57,7 @@ from kernels.cuda.index import (
     copy_source,
     cumsum_source,
     fill_zero_source,
+    finite_check_source,
     take_along_grad_source,
     take_along_source,
     take_grad_source,
@@ -267,8 +268,16 @@ class ScanLoop:
     function: Any = None
 
 
+@dataclass
+class FiniteCheck:
+    """Before the first update: every gradient the updates read is checked on the device,
+    each check OR-ing into one flag the step reads once."""
+
+    checks: list[tuple[CudaKernel, int]]   # (kernel, node) per checked array
+
+
 Instruction = (Loop | Matmul | View | Materialize | Dim | Index | Call | PhaseSwitch | Assign
-               | ScanLoop)
+               | ScanLoop | FiniteCheck)
 
 
 def _library_version() -> str:
@@ -325,9 +334,12 @@ class CudaStepWriter:
         """Generate everything; returns the launch listing (the step's `source`)."""
         switch = next((k for k, g in enumerate(self.groups) if g.phase == 2),
                       len(self.groups))
+        updates = next((k for k, g in enumerate(self.groups) if g.phase == 3), None)
         for k, group in enumerate(self.groups):
             if k == switch:
                 self.phase_switch()
+            if k == updates:
+                self.finite_check()
             self.emit_group(group)
         if switch == len(self.groups):
             self.phase_switch()
@@ -355,6 +367,33 @@ class CudaStepWriter:
         self.instructions.append(PhaseSwitch())
         self.listing.append("# outputs complete: copied to the host; a non-finite loss stops "
                             "here, before any update")
+
+    def finite_check(self) -> None:
+        """Check the computed float values the update groups read (the gradients), as the
+        CPU target does (graphc/backends/cpu/codegen.py emit_gradient_check)."""
+        written = {nid for g in self.groups if g.phase == 3 for nid in g.stores}
+        checked: list[int] = []
+        for group in self.groups:
+            if group.phase != 3:
+                continue
+            for nid in group.loads:
+                node = self.graph.nodes[nid]
+                if node.op in ("input", "param", "state", "const") or nid in written \
+                        or node.dtype not in ("float32", "float64") or nid in checked:
+                    continue
+                checked.append(nid)
+        if not checked:
+            return
+        checks = []
+        for nid in checked:
+            node = self.graph.nodes[nid]
+            kernel = self.helper("finite check", *finite_check_source(
+                max(len(node.shape), 1), node.dtype))
+            checks.append((kernel, nid))
+        self.instructions.append(FiniteCheck(checks))
+        self.listing.append(f"# finite check of {len(checked)} gradient(s) "
+                            f"({', '.join(self.label(n) for n in checked)}) into one device "
+                            "flag, read before any update")
 
     def is_dense(self, nid: int) -> bool:
         if nid not in self.dense:

@@ -42,6 +42,7 @@ from graphc.backends.cuda.codegen import (
     CudaKernel,
     CudaStepWriter,
     Dim,
+    FiniteCheck,
     Index,
     LaunchConfig,
     Loop,
@@ -270,6 +271,8 @@ class _Plan:
 
     phase1: list[tuple[Any, tuple]]
     phase2: list[tuple[Any, tuple]]
+    checks: list[tuple[Any, tuple]]   # the gradient checks, setting the step's one flag
+    phase3: list[tuple[Any, tuple]]   # the updates, launched once the flag reads clear
     feeds: dict[str, Any]
     outputs: list[tuple[Layout, tuple]]
     launched: list[str]        # what each launch is, in order (for tests and debugging)
@@ -297,7 +300,6 @@ class CudaCompiledFunction(CompiledFunction):
         self._memory = memory
         self._config = writer.config
         self._functions = functions
-        self._plans: dict[tuple, _Plan] = {}
         self._consts: dict[int, Any] = {}
         # Parameters and the graph's own state (batch-norm statistics) live in the graph's
         # DeviceStore, shared by its CUDA functions; state this program added (optimizer
@@ -323,6 +325,7 @@ class CudaCompiledFunction(CompiledFunction):
         self._takes = any(isinstance(i, Index) and i.kind in GATHERS
                           for i in self._instructions)
         self._err = _cuda().to_device(np.zeros(1, dtype=np.int32))
+        self._nonfinite_flag = _cuda().to_device(np.zeros(1, dtype=np.int32))
         self._updated = [("param" if name in program.param_values else "state", name)
                          for name, _ in program.updates]
 
@@ -371,12 +374,9 @@ class CudaCompiledFunction(CompiledFunction):
         return retarget(self, target)
 
     # -- calling ---------------------------------------------------------------------------
-    def __call__(self, **feeds: Any) -> Any:
+    def _call(self, feeds: dict[str, Any]) -> Any:
         arrays, step_number, key = self._begin_call(feeds)
-        plan = self._plans.get(key)
-        if plan is None:
-            plan = self._prepare(arrays)
-            self._plans[key] = plan
+        plan = self._plans.lookup(key, lambda: self._prepare(arrays))
         for key, store in self._stores.items():
             store.refresh([key])
         for name, buf in plan.feeds.items():
@@ -391,26 +391,34 @@ class CudaCompiledFunction(CompiledFunction):
         for launch, args in plan.phase1:
             launch(*args)
         outs = tuple(self._fetch(layout, shape) for layout, shape in plan.outputs)
-        self._check_indices()
+        self._check_indices(arrays)
         if self.check_finite and self.optimizer is not None and self.program.updates:
             for nid, arr in zip(self.program.outputs, outs):
                 node = self.program.nodes[nid]
                 if node.shape == () and node.dtype in ("float32", "float64") \
                         and not np.isfinite(arr[0]):
                     return self._non_finite(arrays, outs)
-        if plan.phase2:
+        if plan.phase2 or plan.phase3:
             for key in self._updated:  # from here the device is ahead of the host
                 self._stores[key].dirty.add(key)
             for launch, args in plan.phase2:
                 launch(*args)
-            self._check_indices()
+            self._check_indices(arrays)
+            if plan.checks and self.check_finite:
+                self._nonfinite_flag.copy_to_device(np.zeros(1, dtype=np.int32))
+                for launch, args in plan.checks:
+                    launch(*args)
+                if self._nonfinite_flag.copy_to_host()[0]:
+                    return self._non_finite(arrays, outs)
+            for launch, args in plan.phase3:
+                launch(*args)
         if self.optimizer is not None:
             self.state["step"] = step_number
         return self._results(outs)
 
-    def _check_indices(self) -> None:
+    def _check_indices(self, arrays: dict[str, np.ndarray]) -> None:
         if self._takes and self._err.copy_to_host()[0]:
-            raise IndexError("take / take_along_axis: index out of range")
+            raise self._index_error(arrays, "take")
 
     def _non_finite(self, arrays: dict[str, np.ndarray], outs: tuple) -> Any:
         self.sync_to_host()  # the interpreter names the first bad node from host values
@@ -488,6 +496,8 @@ class CudaCompiledFunction(CompiledFunction):
 
         phase1: list[tuple[Any, tuple]] = []
         phase2: list[tuple[Any, tuple]] = []
+        checks: list[tuple[Any, tuple]] = []
+        phase3: list[tuple[Any, tuple]] = []
         launches = phase1
 
         launched: list[str] = []
@@ -511,6 +521,16 @@ class CudaCompiledFunction(CompiledFunction):
         for instr in self._instructions:
             if isinstance(instr, PhaseSwitch):
                 launches = phase2
+            elif isinstance(instr, FiniteCheck):
+                launches = checks
+                for kernel, nid in instr.checks:
+                    value = layout(nid)
+                    shape, strides = (value.shape, value.strides) if value.shape else \
+                        ((1,), (0,))
+                    launch(kernel, "kernel", _blocks(math.prod(shape), config.threads, config),
+                           config.threads, [*shape, value.buf, value.offset, *strides,
+                                            self._nonfinite_flag], "finite check")
+                launches = phase3
             elif isinstance(instr, Loop):
                 self._prepare_loop(instr, shapes, layout, store, launch)
             elif isinstance(instr, View):
@@ -546,7 +566,7 @@ class CudaCompiledFunction(CompiledFunction):
             else:
                 raise GraphError(f"internal: unknown CUDA instruction {instr!r}")
         outputs = [(layout(nid), tuple(shapes[nid])) for nid in program.outputs]
-        return _Plan(phase1, phase2, feed_bufs, outputs, launched)
+        return _Plan(phase1, phase2, checks, phase3, feed_bufs, outputs, launched)
 
     def _configure(self, kernel: CudaKernel, function: str, grid: Any, block: Any) -> Any:
         """The launcher of `kernel.function` on `grid` x `block`."""
