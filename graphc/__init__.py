@@ -9,7 +9,7 @@ train it on data (`fit`, `metrics`) and save or resume it (`step.save`, `step.lo
 # First, before anything imports SciPy: loading it picks the BLAS kernels for this CPU.
 import kernels.cpu.blas_arch  # isort: skip
 
-from graphc import data, metrics, nn, optim
+from graphc import data, distributed, metrics, nn, optim
 from graphc.autodiff import grad
 from graphc.checkpoint import CheckpointError
 from graphc.compiler import compile
@@ -34,7 +34,7 @@ __all__ = [
     "custom_op", "defop",
     "Callback", "Checkpoint", "CheckpointError", "EarlyStopping", "History", "fit", "metrics",
     "FeedError", "Graph", "GraphError", "NonFiniteError", "Value", "abs", "add", "broadcast_to",
-    "cast", "compile", "concat", "data", "div", "equal", "erf", "evaluate", "exp",
+    "cast", "compile", "concat", "data", "distributed", "div", "equal", "erf", "evaluate", "exp",
     "expand_dims", "format_graph", "gelu", "grad", "greater", "leaky_relu", "less", "log",
     "log_softmax", "logsumexp", "matmul", "max", "maximum", "mean", "min", "minimum", "mse",
     "mul", "neg", "nn", "one_hot", "optim", "pow", "relu", "reshape", "rsqrt", "sigmoid",
