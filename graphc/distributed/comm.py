@@ -66,7 +66,7 @@ def cores_per_rank(local: Any) -> int:
         warnings.warn(f"{len(sets)} ranks on this machine share {len(union)} core(s) "
                       f"{sorted(union)}: they take turns instead of running in parallel. "
                       f"Bind each rank to its own cores (mpiexec -bind-to core) or start at "
-                      f"most {len(union)} rank(s) per machine", RuntimeWarning, stacklevel=4)
+                      f"most {len(union)} rank(s) per machine", RuntimeWarning, stacklevel=3)
     if sum(len(s) for s in sets) == len(union):
         return len(mine)
     return max(1, len(union) // len(sets))
