@@ -82,6 +82,18 @@ def test_sub_communicators() -> None:
     check_ok(run_ranks(3, "subcommunicator"), 3, "subcommunicator")
 
 
+@needs_mpiexec
+def test_mpi_digits_example() -> None:
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([MPIEXEC, "-n", "2", sys.executable,
+                           os.path.join(ROOT, "examples", "mpi_digits.py"), "--epochs", "8",
+                           "--quiet"], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("2 rank(s)") and sum("test_accuracy" in x for x in lines) == 1
+    assert float(lines[-1].split("=")[1]) >= 0.96, done.stdout
+
+
 def test_launcher_and_library_disagree() -> None:
     """Open MPI's mpirun environment (4 ranks) around a library that sees one rank."""
     code = "import graphc as gc; gc.distributed.MPI()"
