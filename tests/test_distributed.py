@@ -132,7 +132,9 @@ def one_rank_model() -> tuple[gc.Graph, gc.Value]:
     g = gc.Graph("mlp", seed=0)
     x = g.input("x", (None, 8))
     y = g.input("y", (None,), dtype="int64")
-    h = gc.nn.batch_norm(gc.nn.linear(x, 16, name="fc1"), name="bn")
+    # no bias before batch norm: its gradient would be rounding noise, which Adam turns
+    # into full-size steps of either sign
+    h = gc.nn.batch_norm(gc.nn.linear(x, 16, name="fc1", bias=False), name="bn")
     logits = gc.nn.linear(gc.relu(h), 3, name="fc2")
     return g, gc.mean(gc.softmax_cross_entropy(logits, y))
 
