@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 import numpy as np
 
 import graphc as gc
 from graphc.distributed import DistributedError
 
-MPI = gc.distributed.MPI()
+with warnings.catch_warnings(record=True) as LAUNCH_WARNINGS:
+    warnings.simplefilter("always")
+    MPI = gc.distributed.MPI()
 COMM = MPI.comm
 RANK, WORLD = COMM.Get_rank(), COMM.Get_size()
 BATCH = 16   # rows per rank and step
@@ -266,6 +269,19 @@ def subcommunicator() -> None:
     for color, theirs in everyone:
         assert np.array_equal(theirs, mine) == (color == RANK % 2) or \
             group.Get_size() == 1
+
+
+def pinned() -> None:
+    """All ranks pinned to one core (taskset around mpiexec): a warning, and one Numba and
+    one BLAS thread per rank."""
+    import numba
+
+    from kernels.cpu import threads
+
+    assert len(os.sched_getaffinity(0)) == 1
+    text = " ".join(str(w.message) for w in LAUNCH_WARNINGS)
+    assert f"{WORLD} ranks on this machine share 1 core(s)" in text, text
+    assert MPI.cores == 1 and numba.get_num_threads() == 1 and threads.MAX_THREADS == 1
 
 
 if __name__ == "__main__":

@@ -83,6 +83,16 @@ def test_sub_communicators() -> None:
 
 
 @needs_mpiexec
+@pytest.mark.skipif(shutil.which("taskset") is None, reason="no taskset to pin the ranks")
+def test_ranks_pinned_to_one_core_warn() -> None:
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    core = str(min(os.sched_getaffinity(0)))
+    done = subprocess.run(["taskset", "-c", core, MPIEXEC, "-n", "2", sys.executable, WORKER,
+                           "pinned"], capture_output=True, text=True, timeout=120, env=env)
+    check_ok(done, 2, "pinned")
+
+
+@needs_mpiexec
 def test_mpi_digits_example() -> None:
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     done = subprocess.run([MPIEXEC, "-n", "2", sys.executable,

@@ -55,9 +55,10 @@ def check_launch(world_size: int, library: str) -> None:
 
 
 def cores_per_rank(local: Any) -> int:
-    """Cores each rank on this machine may use (collective over `local`, the ranks sharing
-    the machine): its own cores if ranks are bound to disjoint sets, else an equal share of
-    the cores they can all run on. Warns when they share fewer cores than there are ranks."""
+    """Cores each rank on this machine may use (collective over `local`, the ranks of the
+    communicator sharing the machine): its own cores if ranks are bound to disjoint sets,
+    else an equal share of the cores they can all run on. Warns when they share fewer cores
+    than there are ranks."""
     mine = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
         list(range(os.cpu_count() or 1))
     sets = local.allgather(mine)
@@ -127,7 +128,7 @@ class MPI:
         self.timeout = timeout
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
-        local = world.Split_type(mpi.COMM_TYPE_SHARED)
+        local = self.comm.Split_type(mpi.COMM_TYPE_SHARED)   # collective on comm alone
         try:
             self.cores = cores_per_rank(local)
         finally:
