@@ -9,7 +9,7 @@ it reduces. Two scalings: `weak` (each rank its own batch of 128) and `strong` (
 compute(batch) + allreduce(N), with the ring allreduce's 2 (N - 1) / N * bytes / bandwidth,
 bandwidth taken from the 2-rank measurement.
 
-    python benchmarks/mpi_bench.py [--steps 40] [--ranks 1,2] [--json out.json]
+    python benchmarks/mpi_bench.py [--steps 40] [--ranks 1,2] [--threads 1] [--json out.json]
 
 On a machine with fewer free cores than ranks the ranks take turns and the step times say
 nothing about scaling; the allreduce alone still measures the transport.
@@ -31,13 +31,13 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 
-def worker(steps: int, scaling: str) -> None:
+def worker(steps: int, scaling: str, threads: int | None) -> None:
     """One rank's part: train the mnist MLP `steps` steps and time it (rank 0 prints JSON)."""
     import graphc as gc
     from benchmarks.workloads import get_workload
 
     workload = get_workload("mnist")
-    comm = gc.distributed.MPI()
+    comm = gc.distributed.MPI(threads="auto" if threads is None else threads)
     ranks, rank = comm.size, comm.rank
     g = gc.Graph("mnist", seed=0)
     x = g.input("x", (None, workload.sizes[0]))
@@ -87,10 +87,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--ranks", default="1,2", help="rank counts to run (default 1,2)")
     parser.add_argument("--json", metavar="PATH", help="write the measurements to PATH")
+    parser.add_argument("--threads", type=int, help="Numba/BLAS threads per rank (default: "
+                        "each rank's share of the cores); 1 compares ranks at equal threads")
     parser.add_argument("--worker", choices=["weak", "strong"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        worker(args.steps, args.worker)
+        worker(args.steps, args.worker, args.threads)
         return
     mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or \
         shutil.which("mpiexec")
@@ -103,7 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     for scaling in ("weak", "strong"):
         for n in [int(r) for r in args.ranks.split(",")]:
             done = subprocess.run([mpiexec, "-n", str(n), sys.executable, __file__,
-                                   "--worker", scaling, "--steps", str(args.steps)],
+                                   "--worker", scaling, "--steps", str(args.steps),
+                                   *(["--threads", str(args.threads)] if args.threads else [])],
                                   capture_output=True, text=True, timeout=900)
             if done.returncode != 0:
                 sys.exit(f"mpi_bench: {n} rank(s) failed:\n{done.stderr[-3000:]}")
