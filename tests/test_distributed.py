@@ -191,6 +191,26 @@ def test_gradients_are_written_into_the_buffer() -> None:
                                    atol=1e-6)
 
 
+def test_gathers_and_library_kernels_fill_the_buffer() -> None:
+    """An embedding's gradient (a scatter kernel) and a convolution's (a library kernel)
+    written into the buffer, a second step over the first step's values."""
+    g = gc.Graph("conv", seed=0)
+    ids = g.input("ids", (None, 4), dtype="int64")
+    y = g.input("y", (None,), dtype="int64")
+    e = gc.reshape(gc.nn.embedding(ids, 6, 4, name="emb"), (-1, 1, 4, 4))
+    h = gc.nn.flatten(gc.relu(gc.nn.conv2d(e, 2, 3, padding=1, name="conv")))
+    loss = gc.mean(gc.softmax_cross_entropy(gc.nn.linear(h, 3, name="out"), y))
+    step = gc.compile(loss, optimizer=gc.optim.SGD(0.0), distributed="mpi")
+    rng = np.random.default_rng(2)
+    for _ in range(2):
+        feeds = {"ids": rng.integers(0, 6, (5, 4)), "y": rng.integers(0, 3, 5)}
+        step(**feeds)
+        want = gc.evaluate(gc.grad(loss, g.params), feeds)
+        for p, w in zip(g.params, want):
+            np.testing.assert_allclose(step.buffers.views["grad:" + p.name], w, rtol=1e-4,
+                                       atol=1e-6, err_msg=p.name)
+
+
 def test_distributed_needs_an_optimizer_and_a_known_kind() -> None:
     _, loss = one_rank_model()
     with pytest.raises(gc.GraphError, match="needs an optimizer"):
