@@ -6,7 +6,7 @@ interpreter (`evaluate`), compile a whole training step into Numba kernels (`com
 train it on data (`fit`, `metrics`) and save or resume it (`step.save`, `step.load`).
 """
 
-from graphc import data, metrics, nn, optim
+from graphc import data, distributed, metrics, nn, optim
 from graphc.autodiff import grad
 from graphc.checkpoint import CheckpointError
 from graphc.compiler import compile
@@ -39,9 +39,9 @@ __all__ = [
     "custom_op", "defop",
     "Callback", "Checkpoint", "CheckpointError", "EarlyStopping", "History", "fit", "metrics",
     "FeedError", "Graph", "GraphError", "IndexRangeError", "NonFiniteError", "Value", "abs",
-    "add", "broadcast_to", "cast", "compile", "concat", "data", "div", "equal", "erf",
-    "evaluate", "exp", "expand_dims", "format_graph", "gelu", "grad", "greater", "leaky_relu",
-    "less", "log",
+    "add", "broadcast_to", "cast", "compile", "concat", "data", "distributed", "div", "equal",
+    "erf", "evaluate", "exp", "expand_dims", "format_graph", "gelu", "grad", "greater",
+    "leaky_relu", "less", "log",
     "log_softmax", "logsumexp", "matmul", "max", "maximum", "mean", "min", "minimum", "mse",
     "mul", "neg", "nn", "one_hot", "optim", "pow", "relu", "reshape", "rsqrt", "scan", "sigmoid",
     "sign", "softmax", "softmax_cross_entropy", "sqrt", "square", "squeeze", "stack",

@@ -23,19 +23,37 @@ class Split(NamedTuple):
 
 
 def batches(x: np.ndarray, y: np.ndarray | None = None, batch_size: int = 64,
-            shuffle: bool = True, seed: int = 0, drop_last: bool = False
-            ) -> Iterator[tuple[np.ndarray, ...]]:
+            shuffle: bool = True, seed: int = 0, drop_last: bool = False, *,
+            rank: int = 0, world: int = 1) -> Iterator[tuple[np.ndarray, ...]]:
     """Mini-batches `(xb, yb)` (or `(xb,)` without `y`) covering the data once.
 
     Shuffling uses its own generator seeded with `seed`, so the order is reproducible; the
     last batch is smaller unless `drop_last`.
+
+    With `world` > 1, rank `rank`'s shard of the epoch: every rank draws the same shuffle
+    and takes every `world`-th row of it from row `rank` on, then batches its rows. All
+    ranks get the same number of batches of the same sizes (a rank waiting for a batch that
+    another lacks would hang): like PyTorch's DistributedSampler, the shuffled order is
+    padded with its first rows to a multiple of `world`, or cut to one with `drop_last`.
+    Batch t of the `world` ranks together holds the rows of batch t of one process with
+    `batch_size * world` (padding aside).
     """
     n = len(x)
     if y is not None and len(y) != n:
         raise ValueError(f"x has {n} rows but y has {len(y)}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"rank must be in [0, world) with world >= 1; got rank={rank}, "
+                         f"world={world}")
     order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+    if world > 1:
+        if drop_last:
+            order = order[:n - n % world]
+        elif n % world:
+            order = np.concatenate([order, np.resize(order, world - n % world)])
+        order = order[rank::world]
+        n = len(order)
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
         idx = order[start:start + batch_size]

@@ -371,15 +371,20 @@ class CompiledFunction:
             message += "; parameters and optimizer state were left unchanged"
         return IndexRangeError(message)
 
-    def _non_finite(self, arrays: dict[str, np.ndarray], outs: tuple) -> Any:
-        where = "not found by the reference interpreter"
+    def first_non_finite(self, arrays: dict[str, np.ndarray]) -> str | None:
+        """The first NaN or Inf the reference interpreter meets running this program on
+        `arrays` (validated feeds), described with its node and user line; None if none."""
         feeds = dict(arrays)
         feeds.update({k: v.reshape(()) for k, v in self._hyper.items()})
         roots = list(self.program.outputs) + [nid for _, nid in self.program.updates]
         try:
             run_nodes(self.program, roots, feeds, check_finite=True)
         except NonFiniteError as err:
-            where = str(err)
+            return str(err)
+        return None
+
+    def _non_finite(self, arrays: dict[str, np.ndarray], outs: tuple) -> Any:
+        where = self.first_non_finite(arrays) or "not found by the reference interpreter"
         if self.skip_nonfinite:
             return self._results(outs)
         loss_finite = all(np.all(np.isfinite(o)) for o in outs if o.dtype.kind == "f")

@@ -359,8 +359,10 @@ class _Progress:
 class _Data:
     """The batches of each epoch, from a callable, a re-iterable or (X, Y, batch_size)."""
 
-    def __init__(self, data: Any, seed: int, epochs: int) -> None:
+    def __init__(self, data: Any, seed: int, epochs: int, rank: int = 0,
+                 world: int = 1) -> None:
         self.data, self.seed = data, seed
+        self.rank, self.world = rank, world
         self.arrays: tuple[np.ndarray, np.ndarray, int] | None = None
         if isinstance(data, tuple) and len(data) == 3 and isinstance(data[2], (int, np.integer)) \
                 and not isinstance(data[2], bool):
@@ -388,8 +390,9 @@ class _Data:
     def epoch(self, epoch: int) -> tuple[Iterable[Any], int | None]:
         if self.arrays is not None:
             x, y, size = self.arrays
-            return (_data.batches(x, y, size, shuffle=True, seed=self.seed + epoch),
-                    -(-len(x) // size))
+            rows = -(-len(x) // self.world)
+            return (_data.batches(x, y, size, shuffle=True, seed=self.seed + epoch,
+                                  rank=self.rank, world=self.world), -(-rows // size))
         batches = self.data(epoch) if callable(self.data) else self.data
         total = len(batches) if hasattr(batches, "__len__") else self.last_count
         return batches, total
@@ -564,7 +567,8 @@ def fit(step: Any, data: Any, epochs: int = 1, *, validation: Any = None,
 
     `data` gives each epoch's batches: a function `epoch -> iterable of (xb, yb)` (e.g.
     `lambda epoch: gc.data.batches(X, Y, 64, seed=epoch)`), a re-iterable of batches, or
-    `(X, Y, batch_size)` (shuffled with seed `seed + epoch`). A batch is a tuple of arrays
+    `(X, Y, batch_size)` (shuffled with seed `seed + epoch`; with a distributed step, each
+    rank its shard of every epoch, see `gc.data.batches`). A batch is a tuple of arrays
     fed to the graph's inputs in declaration order (or to the inputs named by `feeds`), or a
     dict of feeds by name.
 
@@ -583,6 +587,8 @@ def fit(step: Any, data: Any, epochs: int = 1, *, validation: Any = None,
     and samples per second. A batch whose loss is NaN or Inf raises NonFiniteError naming
     the epoch, the batch and the first non-finite node (parameters and optimizer state are
     left as they were; the History so far is the exception's `history` attribute);
+    a distributed step (`compile(..., distributed="mpi")`) prints on rank 0 only and its
+    `save` (the Checkpoint callback's) writes on rank 0 only;
     `on_nonfinite="skip"` skips such batches and counts them in `skipped`. Returns the
     History.
     """
@@ -599,7 +605,10 @@ def fit(step: Any, data: Any, epochs: int = 1, *, validation: Any = None,
         raise ValueError("fit: metrics are computed on the validation set: pass "
                          "validation=(X_val, Y_val)")
     names = _feed_names(step, feeds)
-    source = _Data(data, seed, epochs - initial_epoch)
+    comm = getattr(step, "comm", None)   # a distributed step: rank 0 prints, all train
+    rank, world = (comm.rank, comm.size) if comm is not None else (0, 1)
+    verbose = verbose if rank == 0 else 0
+    source = _Data(data, seed, epochs - initial_epoch, rank, world)
     validator = _Validator(step, validation, names, metrics, predict,
                            validation_batch_size) if validation is not None else None
     history = History()

@@ -66,8 +66,14 @@ def plan_memory(graph: Graph, groups: list[Group]) -> MemoryPlan:
         # slice) it would read entries it has already overwritten.
         own_views = any(i != leaf and storage_root(graph, i, alias) == leaf
                         for i in groups[k].loads)
+        if nid in inplace:
+            continue   # one value updating two storages: written into the first, copied
         if all(j <= k for j in readers.get(leaf, ())) and groups[k].kind == "loop" \
                 and not own_views:
+            inplace[nid] = name
+        elif leaf not in readers and groups[k].kind in ("matmul", "index", "call"):
+            # storage the step only fills (nothing reads its old value): any kernel may
+            # write its result straight into it
             inplace[nid] = name
 
     slot: dict[int, int] = {}

@@ -95,6 +95,13 @@ def blas_threads(n: int) -> Iterator[None]:
         setter(before)
 
 
+def limit_threads(n: int) -> None:
+    """Use at most `n` BLAS threads for compiled steps from now on (one of several processes
+    sharing the machine: its share of the cores)."""
+    global MAX_THREADS
+    MAX_THREADS = max(1, int(n))
+
+
 def threads_for(flops: float) -> int:
     """Threads worth using for the largest matrix product of a step (2*m*k*n flops).
 

@@ -172,7 +172,7 @@ class ProgramWriter:
         if not loss_checked:
             self.emit_loss_check()
         for name, nid in self.graph.updates:
-            if nid not in self.memory.inplace:
+            if self.memory.inplace.get(nid) != name:
                 leaf = self.graph._names[name]
                 self.emit_copy(self.ref(nid), ("node", leaf), nid, [nid])
         outputs = [self.output_ref(nid) for nid in self.graph.outputs]

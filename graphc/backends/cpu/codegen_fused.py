@@ -197,7 +197,7 @@ class StepWriter:
         if not loss_checked:
             self.emit_check()
         for name, nid in self.graph.updates:
-            if nid not in self.memory.inplace:
+            if self.memory.inplace.get(nid) != name:
                 kind = "param" if name in self.graph.param_values else "state"
                 self.body.append(f"{self.arg(kind, name)}[...] = {self.value(nid)}"
                                  if self.graph.nodes[nid].shape else

@@ -344,7 +344,7 @@ class CudaStepWriter:
         if switch == len(self.groups):
             self.phase_switch()
         for name, nid in self.graph.updates:
-            if nid not in self.memory.inplace:
+            if self.memory.inplace.get(nid) != name:
                 kind = "param" if name in self.graph.param_values else "state"
                 node = self.graph.nodes[nid]
                 kernel = self.helper("copy", *copy_source(max(len(node.shape), 1),
