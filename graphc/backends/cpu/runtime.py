@@ -66,7 +66,6 @@ class ProgramFunction(CompiledFunction):
         self._is_check = np.array([i.check for i in code.instructions], dtype=np.uint8)
         self._execute = _EXECUTOR(addresses[code.executor[0]])
         self._addresses = addresses
-        self._plans: dict[tuple, _Plan] = {}
 
     def _call(self, feeds: dict[str, Any]) -> Any:
         arrays, step_number, key = self._begin_call(feeds)
