@@ -158,8 +158,7 @@ def _human(n: int) -> str:
 
 def feed_shape_keys(step: Any) -> list[tuple]:
     """The feed-shape combinations `step` has run with, oldest first."""
-    plans = getattr(step, "_plans", None)
-    return list(plans if plans else step._signatures)
+    return list(step._plans)
 
 
 def shapes_for(step: Any, key: tuple | None) -> dict[int, tuple]:
