@@ -365,7 +365,7 @@ class CompiledFunction:
         message = f"{where}: an index is out of range for the axis it indexes"
         try:
             run_nodes(self.program, roots, feeds)
-        except IndexRangeError as err:
+        except GraphError as err:   # IndexRangeError, or an op's own reference refusing
             message = str(err)
         if self.optimizer is not None:
             message += "; parameters and optimizer state were left unchanged"
