@@ -4,7 +4,10 @@ Horovod's design. Each rank runs two compiled programs of the same graph:
 
   gradients  forward + backward on this rank's batch. Its updates write every parameter's
              gradient (and the loss) into views of one flat buffer per dtype, in place: the
-             kernel computing a gradient stores it there, no copy.
+             kernel computing a gradient (a fused loop, a matrix product, a scatter, a
+             library kernel) stores it there. Only a gradient that is a view of a value of
+             another shape (a bias gradient summed with kept axes, then reshaped) is copied
+             in, by one small copy kernel.
   (allreduce) one MPI allreduce (sum) per buffer, in place.
   update     the optimizer, reading the summed gradients from the same views, scaled by
              1/ranks inside its fused kernels; updates parameters and optimizer state.
