@@ -190,6 +190,9 @@ class CompiledFunction:
     With an optimizer (a training step), each call runs forward, backward and the update,
     and returns the loss (a float), or (loss, *fetches) when `fetch` was given. Without,
     it returns the outputs as arrays (a tuple if compiled from a list).
+
+    Calls from several threads are safe and run one at a time. Buffers are kept for the
+    last `max_shapes()` feed-shape combinations (GRAPHC_MAX_SHAPES).
     """
 
     def __init__(self, program: Graph, step_fn: Callable[..., Any], writer: Any,
