@@ -7,6 +7,12 @@ kernels and instructions come from graphc/backends/cuda/codegen.py; here they be
 once per combination of feed shapes: buffers for the memory plan's pool slots, the
 (offset, strides) of every view, grid sizes.
 
+A training step runs in three stretches: forward (its outputs come back; a non-finite loss
+stops here), backward (then every gradient the updates read is checked on the device into
+one flag, and one int comes back; a non-finite gradient or an index out of range stops
+here), and the updates. A stop raises what the CPU target raises, with the parameters and
+optimizer state unchanged.
+
 Parameters and the graph's state (batch-norm statistics, dropout counters) are shared by
 all CUDA functions of a graph through one DeviceStore (so `predict = gc.compile([logits],
 target="cuda")` sees what the training step learnt, without a round trip); optimizer
