@@ -15,7 +15,7 @@ IMPLS = ("numpy", "torch", "jax", "graphc")
 #: training step for; the others are reported as not measured.
 KINDS: dict[str, tuple[str, ...]] = {
     "numpy": ("mlp", "ffn", "rnn"),
-    "torch": ("mlp", "ffn"),
+    "torch": ("mlp", "ffn", "gpt", "cnn", "rnn"),
     "jax": ("mlp", "ffn", "gpt", "cnn", "rnn"),
     "graphc": ("mlp", "ffn", "gpt", "cnn", "rnn"),
 }

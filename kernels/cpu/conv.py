@@ -29,6 +29,15 @@ from numba import njit
 _CHUNK = 4096
 
 
+def largest_gemm_flops(n: int, weight: tuple, pixels: int) -> float:
+    """FLOPs (2*m*k*n) of the largest matrix product the kernels below issue for a
+    convolution of `n` samples with a weight of shape `weight` (Oc, C, kh, kw) and `pixels`
+    output pixels per sample (the BLAS thread count follows it, kernels/cpu/threads.py)."""
+    oc, c, kh, kw = weight
+    columns = min(n, max(1, _CHUNK // max(pixels, 1))) * pixels
+    return 2.0 * oc * c * kh * kw * columns
+
+
 @njit(cache=True, nogil=True)
 def _chunk(n, p):  # type: ignore[no-untyped-def]
     c = _CHUNK // p

@@ -22,6 +22,7 @@ from graphc.ir import Graph
 from graphc.ops.scan import ShapeOnly
 from graphc.passes.memory import VIEW_OPS
 from graphc.runtime import CompiledFunction, CompileReport, _step_array, concrete_shapes
+from kernels.cpu.conv import largest_gemm_flops
 from kernels.cpu.program import STATUS_INDEX_RANGE, STATUS_NOT_FINITE
 from kernels.cpu.threads import blas_threads, threads_for
 
@@ -122,11 +123,26 @@ def build_plan(program: Graph, code: Program, shapes: dict[int, tuple],
                            np.array([o for _, o in entries], dtype=np.int64))
                     for name, entries in patches.items()}
     outputs = [resolver.array(ref)[0] for ref in code.outputs]
-    flops = max((2.0 * math.prod(shapes[n.id]) * shapes[n.inputs[0]][-1]
-                 for n in program.nodes if n.op == "matmul"), default=0.0)
+    flops = max((_product_flops(node, shapes) for node in program.nodes), default=0.0)
     return _Plan(table, blocks, patch_arrays, outputs,
                  [table, resolver.keep, resolver.storage],
                  threads_for(flops), np.zeros(1, dtype=np.int64))
+
+
+_CONV_OPERANDS = {"conv2d": (1, None), "conv2d_grad_input": (1, 0),
+                  "conv2d_grad_weight": (None, 1)}   # op: (weight, output-shaped operand)
+
+
+def _product_flops(node: Any, shapes: dict[int, tuple]) -> float:
+    """FLOPs of the largest BLAS product a node runs (matmul; convolutions' im2col GEMMs),
+    0 for other nodes."""
+    if node.op == "matmul":
+        return 2.0 * math.prod(shapes[node.id]) * shapes[node.inputs[0]][-1]
+    if node.op not in _CONV_OPERANDS:
+        return 0.0
+    weight, out = (shapes[node.id] if k is None else shapes[node.inputs[k]]
+                   for k in _CONV_OPERANDS[node.op])
+    return largest_gemm_flops(out[0], weight, out[2] * out[3])
 
 
 class _Resolver:
