@@ -29,9 +29,10 @@ from graphc.backends.cpu.loops import (
     AXIS_KERNEL_OPERANDS,
     FASTMATH,
     axis_kernel_body,
-    flat_index,
+    is_literal,
+    loop_body,
+    loop_names,
     nest,
-    operand_index,
     reduction_loops,
 )
 from graphc.codegen.cache import CacheStats, write_module
@@ -39,9 +40,7 @@ from graphc.codegen.common import (
     CTOR,
     Kernel,
     kernel_library_version,
-    literal,
     module_digest,
-    scalar_expr,
 )
 from graphc.errors import short_location
 from graphc.ir import Graph, Node, format_shape
@@ -256,7 +255,7 @@ class ProgramWriter:
                 leaf = self.graph.nodes[load]
                 if name is not None and leaf.op in ("param", "state") and leaf.name == name:
                     in_place[nid] = load
-        loads = [n for n in group.loads if not _is_literal(self.graph.nodes[n])]
+        loads = [n for n in group.loads if not is_literal(self.graph.nodes[n])]
         strided_loads = {n for n in loads if not self.is_contiguous(n)}
         axes = merged_axes(self.graph, group, strided_loads)
         source = loop_kernel_source(self.graph, group, in_place, strided_loads, axes)
@@ -496,10 +495,6 @@ def _unit_axes_only(src: tuple, dst: tuple) -> bool:
     return [d for d in src if d != 1] == [d for d in dst if d != 1]
 
 
-def _is_literal(node: Node) -> bool:
-    return node.op == "const" and node.attrs["value"].size == 1 and node.shape == ()
-
-
 # -- kernel sources -------------------------------------------------------------------------
 
 def _source(kind: str, title: str, body: list[str], extra_imports: str = "") -> str:
@@ -534,7 +529,7 @@ def merged_axes(graph: Graph, group: Group, strided_loads: set[int]) -> list[lis
     patterns: list[list[str]] = []   # per operand, per axis: "span", "bcast" or "own"
     for nid in group.loads:
         node = graph.nodes[nid]
-        if _is_literal(node):
+        if is_literal(node):
             continue
         offset = rank - len(node.shape)
         row = []
@@ -582,29 +577,15 @@ def loop_kernel_source(graph: Graph, group: Group, in_place: dict[int, int],
     (two names for one array fail its run-time overlap check and it falls back to scalar
     code: an in-place Adam update of 16K floats took 27 us instead of 3 us).
     """
-    root = graph.nodes[group.root]
-    reduce_root = OPS[root.op].kind == "reduce"
-    body_ids = group.nodes[:-1] if reduce_root else group.nodes
+    names = loop_names(graph, group, in_place)
+    root, reduce_root, loads = names.root, names.reduce_root, names.loads
     full_space = graph.nodes[root.inputs[0]].shape if reduce_root else root.shape
     if axes is None:
         axes = [[a] for a in range(len(full_space))]
     space = tuple(_merged_size(full_space, merged) for merged in axes)
     rank = len(space)
-    loads: list[int] = []
-    literals: dict[int, str] = {}
-    for nid in group.loads:
-        node = graph.nodes[nid]
-        if _is_literal(node):
-            literals[nid] = literal(node.attrs["value"], node.dtype)
-        else:
-            loads.append(nid)
     shapes = {nid: _merged_shape(graph.nodes[nid].shape, full_space, axes, space,
                                  nid in strided_loads) for nid in loads}
-    arg_names = {nid: f"x{k}" for k, nid in enumerate(loads)}
-    own_stores = [nid for nid in group.stores if nid not in in_place]
-    store_names = {nid: f"y{k}" for k, nid in enumerate(own_stores)}
-    store_names.update({nid: arg_names[load] for nid, load in in_place.items()})
-    local = {nid: f"t{k}" for k, nid in enumerate(loads + body_ids)}
     # a run is reduced if one of its axes is (merged_axes only joins a reduced axis with
     # kept ones of static size 1, whose reduction changes nothing)
     reduced = [j for j, merged in enumerate(axes) if reduce_root and any(
@@ -617,41 +598,27 @@ def loop_kernel_source(graph: Graph, group: Group, in_place: dict[int, int],
         shape = _tuple(_operand_shape(shapes[nid], space))
         if nid in strided_loads:
             strides = _tuple([f"a[{position + 1 + j}]" for j in range(max(len(node.shape), 1))])
-            prologue.append(f"{arg_names[nid]} = strided(address(a[{position}]), {shape}, "
+            prologue.append(f"{names.arrays[nid]} = strided(address(a[{position}]), {shape}, "
                             f"{strides}, {CTOR[node.dtype]})")
             position += 1 + max(len(node.shape), 1)
         else:
-            prologue.append(_carray(arg_names[nid], str(position), shape, node.dtype))
+            prologue.append(_carray(names.arrays[nid], str(position), shape, node.dtype))
             position += 1
-    for nid in own_stores:
+    for nid in names.own_stores:
         node = graph.nodes[nid]
         if nid == root.id and reduce_root:
             shape = _tuple([f"n{a}" for a in range(rank) if a not in reduced])
         else:
             shape = _tuple(_operand_shape(space, space))
-        prologue.append(_carray(store_names[nid], str(position), shape, node.dtype))
+        prologue.append(_carray(names.stores[nid], str(position), shape, node.dtype))
         position += 1
 
-    body: list[str] = []
-    for nid in loads:
-        body.append(f"{local[nid]} = {arg_names[nid]}[{operand_index(shapes[nid], space)}]")
-
-    def operand(i: int) -> str:
-        return literals.get(i, local.get(i, ""))
-
-    full = f"[{operand_index(space, space)}]"
-    for nid in body_ids:
-        node = graph.nodes[nid]
-        expr = scalar_expr(node, [operand(i) for i in data_inputs(node)], graph,
-                           flat_index(rank))
-        body.append(f"{local[nid]} = {expr}")
-        if nid in store_names:
-            body.append(f"{store_names[nid]}{full} = {local[nid]}")
+    body = loop_body(graph, names, shapes, space)
     if not reduce_root:
         loops = nest(rank, range(rank), body, 0)
     else:
         loops = reduction_loops(root.op, root.dtype, reduced, rank, body,
-                           operand(root.inputs[0]), store_names[root.id])
+                                names.operand(root.inputs[0]), names.stores[root.id])
     title = (f"{group.kind} of {len(group.nodes)} nodes "
              f"({', '.join(graph.nodes[n].op for n in group.nodes)}), "
              f"scalar library {kernel_library_version()}")

@@ -18,9 +18,9 @@ from graphc.backends.cpu.loops import (
     AXIS_KERNEL_OPERANDS,
     FASTMATH,
     axis_kernel_body,
-    flat_index,
+    loop_body,
+    loop_names,
     nest,
-    operand_index,
     reduction_loops,
 )
 from graphc.codegen.cache import CacheStats, write_module
@@ -28,9 +28,7 @@ from graphc.codegen.common import (
     Kernel,
     check_reduction,
     kernel_library_version,
-    literal,
     module_digest,
-    scalar_expr,
 )
 from graphc.ir import Graph, Node, format_shape
 from graphc.ops import OPS
@@ -573,47 +571,18 @@ def loop_kernel_source(graph: Graph, group: Group, in_place: dict[int, int] | No
     (two names for one array fail its run-time overlap check and it falls back to scalar
     code: an in-place Adam update of 16K floats took 27 us instead of 3 us).
     """
-    in_place = in_place or {}
-    root = graph.nodes[group.root]
-    reduce_root = OPS[root.op].kind == "reduce"
-    body_ids = group.nodes[:-1] if reduce_root else group.nodes
+    names = loop_names(graph, group, in_place or {})
+    root, reduce_root, loads = names.root, names.reduce_root, names.loads
     space = graph.nodes[root.inputs[0]].shape if reduce_root else root.shape
     rank = len(space)
-    loads: list[int] = []
-    literals: dict[int, str] = {}
-    for nid in group.loads:
-        node = graph.nodes[nid]
-        if node.op == "const" and node.attrs["value"].size == 1 and node.shape == ():
-            literals[nid] = literal(node.attrs["value"], node.dtype)
-        else:
-            loads.append(nid)
-    arg_names = {nid: f"x{k}" for k, nid in enumerate(loads)}
-    own_stores = [nid for nid in group.stores if nid not in in_place]
-    store_names = {nid: f"y{k}" for k, nid in enumerate(own_stores)}
-    store_names.update({nid: arg_names[load] for nid, load in in_place.items()})
-    local = {nid: f"t{k}" for k, nid in enumerate(loads + body_ids)}
-    body: list[str] = []
-    for nid in loads:
-        index = operand_index(graph.nodes[nid].shape, space)
-        body.append(f"{local[nid]} = {arg_names[nid]}[{index}]")
-
-    def operand(i: int) -> str:
-        return literals.get(i, local.get(i, ""))
-
-    full = f"[{operand_index(space, space)}]"
-    for nid in body_ids:
-        node = graph.nodes[nid]
-        expr = scalar_expr(node, [operand(i) for i in data_inputs(node)], graph,
-                           flat_index(rank))
-        body.append(f"{local[nid]} = {expr}")
-        if nid in store_names:
-            body.append(f"{store_names[nid]}{full} = {local[nid]}")
+    body = loop_body(graph, names, {nid: graph.nodes[nid].shape for nid in loads}, space)
 
     sizes = [f"n{a}" for a in range(rank)]
-    names = sizes + [arg_names[n] for n in loads] + [store_names[n] for n in own_stores]
-    packs = pack_arguments(names)
+    params = sizes + [names.arrays[n] for n in loads] + \
+        [names.stores[n] for n in names.own_stores]
+    packs = pack_arguments(params)
     if packs is None:
-        lines = [KERNEL_DECORATOR, f"def kernel({', '.join(names)}):"]
+        lines = [KERNEL_DECORATOR, f"def kernel({', '.join(params)}):"]
     else:
         lines = [KERNEL_DECORATOR, f"def kernel({', '.join(f'p{k}' for k in range(len(packs)))}):"]
         lines += [f"    {', '.join(pack)}, = p{k}" for k, pack in enumerate(packs)]
@@ -621,7 +590,8 @@ def loop_kernel_source(graph: Graph, group: Group, in_place: dict[int, int] | No
         lines += nest(rank, range(rank), body, 1)
     else:
         lines += reduction_loops(root.op, root.dtype, list(root.attrs["axes"]), rank, body,
-                                 operand(root.inputs[0]), store_names[root.id], depth=1,
+                                 names.operand(root.inputs[0]), names.stores[root.id],
+                                 depth=1,
                                  keepdims=root.attrs["keepdims"])
     header = [f"# graphc kernel: {group.kind} of {len(group.nodes)} nodes "
               f"({', '.join(graph.nodes[n].op for n in group.nodes)})",

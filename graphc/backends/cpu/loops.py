@@ -3,9 +3,14 @@ codegen_fused.py's sharded steps): indexing with broadcasting, nests, reductions
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from graphc.codegen.common import CTOR, check_reduction
+from graphc.codegen.common import CTOR, check_reduction, literal, scalar_expr
+from graphc.ir import Graph, Node
+from graphc.ops import OPS
+from graphc.passes.fusion import Group, data_inputs
 
 #: Numba fastmath flags of loop kernels: reassociation lets reductions vectorise; NaN and
 #: Inf still propagate.
@@ -154,3 +159,67 @@ def axis_kernel_body(op: str, axis: int, rank: int, error: str) -> list[str]:
 def _loops(driver: str, rank: int, body: list[str]) -> list[str]:
     lines = ["    " * k + f"for i{k} in range({driver}.shape[{k}]):" for k in range(rank)]
     return lines + ["    " * rank + b for b in body]
+
+
+def is_literal(node: Node) -> bool:
+    """A scalar constant, written into a loop's source instead of loaded."""
+    return node.op == "const" and node.attrs["value"].size == 1 and node.shape == ()
+
+
+@dataclass
+class LoopNames:
+    """The names in a fused loop's source: loaded arrays x0.., stored arrays y0.. (a store
+    made in place writes through its load's name), scalars t0.., scalar constants inline.
+    `body` are the group's nodes computed per element (a reduction root is not)."""
+
+    root: Node
+    reduce_root: bool
+    body: list[int]
+    loads: list[int]
+    literals: dict[int, str]
+    arrays: dict[int, str]
+    own_stores: list[int]
+    stores: dict[int, str]
+    scalars: dict[int, str]
+
+    def operand(self, nid: int) -> str:
+        return self.literals.get(nid, self.scalars.get(nid, ""))
+
+
+def loop_names(graph: Graph, group: Group, in_place: dict[int, int]) -> LoopNames:
+    """Names for the loop kernel of `group` (`in_place`: store -> the load it overwrites)."""
+    root = graph.nodes[group.root]
+    reduce_root = OPS[root.op].kind == "reduce"
+    body = group.nodes[:-1] if reduce_root else group.nodes
+    loads: list[int] = []
+    literals: dict[int, str] = {}
+    for nid in group.loads:
+        node = graph.nodes[nid]
+        if is_literal(node):
+            literals[nid] = literal(node.attrs["value"], node.dtype)
+        else:
+            loads.append(nid)
+    arrays = {nid: f"x{k}" for k, nid in enumerate(loads)}
+    own_stores = [nid for nid in group.stores if nid not in in_place]
+    stores = {nid: f"y{k}" for k, nid in enumerate(own_stores)}
+    stores.update({nid: arrays[load] for nid, load in in_place.items()})
+    scalars = {nid: f"t{k}" for k, nid in enumerate(loads + body)}
+    return LoopNames(root, reduce_root, body, loads, literals, arrays, own_stores, stores,
+                     scalars)
+
+
+def loop_body(graph: Graph, names: LoopNames, load_shapes: dict[int, tuple],
+              space: tuple) -> list[str]:
+    """The per-element statements: every load read at the loop's index (broadcast from its
+    `load_shapes` entry), every node's scalar expression, and the stores."""
+    lines = [f"{names.scalars[nid]} = {names.arrays[nid]}"
+             f"[{operand_index(load_shapes[nid], space)}]" for nid in names.loads]
+    full = f"[{operand_index(space, space)}]"
+    for nid in names.body:
+        node = graph.nodes[nid]
+        expr = scalar_expr(node, [names.operand(i) for i in data_inputs(node)], graph,
+                           flat_index(len(space)))
+        lines.append(f"{names.scalars[nid]} = {expr}")
+        if nid in names.stores:
+            lines.append(f"{names.stores[nid]}{full} = {names.scalars[nid]}")
+    return lines
