@@ -34,6 +34,24 @@ def check_reduction(op: str, target: str) -> None:
                          f"gc.evaluate, or express {op!r} with those")
 
 
+def gradients_to_check(graph: Graph, groups: list[Group]) -> list[int]:
+    """The values a step checks for NaN and Inf before its first parameter write: the
+    computed floats the update groups (phase 3) read and no update group writes (those are
+    computed from checked ones, after the check), in order, once each."""
+    written = {nid for g in groups if g.phase == 3 for nid in g.stores}
+    checked: list[int] = []
+    for group in groups:
+        if group.phase != 3:
+            continue
+        for nid in group.loads:
+            node = graph.nodes[nid]
+            if node.op in ("input", "param", "state", "const") or nid in written \
+                    or node.dtype not in ("float32", "float64") or nid in checked:
+                continue
+            checked.append(nid)
+    return checked
+
+
 def literal(value: np.ndarray, dtype: str) -> str:
     """A scalar constant as typed source (`np.float32(0.5)`): an untyped Python float would
     turn float32 arithmetic into float64."""

@@ -39,6 +39,7 @@ from graphc.codegen.cache import CacheStats, write_module
 from graphc.codegen.common import (
     CTOR,
     Kernel,
+    gradients_to_check,
     kernel_library_version,
     module_digest,
 )
@@ -427,19 +428,12 @@ class ProgramWriter:
         """Before the first parameter is written: every computed value the update groups
         read (the gradients) must be finite, or the step stops without updating."""
         checked: list[int] = []
-        for group in self.groups:
-            if group.phase != 3:
-                continue
-            for nid in group.loads:
-                node = self.graph.nodes[nid]
-                if node.op in ("input", "param", "state", "const") or node.dtype not in (
-                        "float32", "float64"):
-                    continue
-                root = nid
-                while root in self.memory.alias:
-                    root = self.memory.alias[root]
-                if root not in checked:
-                    checked.append(root)
+        for nid in gradients_to_check(self.graph, self.groups):
+            root = nid
+            while root in self.memory.alias:
+                root = self.memory.alias[root]
+            if root not in checked:
+                checked.append(root)
         if checked:
             self.emit_finite_check(checked, "the gradients are finite")
 

@@ -36,7 +36,13 @@ from typing import Any
 import numpy as np
 
 from graphc.codegen.cache import CacheStats, write_module
-from graphc.codegen.common import Kernel, check_reduction, literal, scalar_expr
+from graphc.codegen.common import (
+    Kernel,
+    check_reduction,
+    gradients_to_check,
+    literal,
+    scalar_expr,
+)
 from graphc.errors import GraphError
 from graphc.ir import Graph, Node
 from graphc.ops import OPS
@@ -369,19 +375,9 @@ class CudaStepWriter:
                             "here, before any update")
 
     def finite_check(self) -> None:
-        """Check the computed float values the update groups read (the gradients), as the
-        CPU target does (graphc/backends/cpu/codegen.py emit_gradient_check)."""
-        written = {nid for g in self.groups if g.phase == 3 for nid in g.stores}
-        checked: list[int] = []
-        for group in self.groups:
-            if group.phase != 3:
-                continue
-            for nid in group.loads:
-                node = self.graph.nodes[nid]
-                if node.op in ("input", "param", "state", "const") or nid in written \
-                        or node.dtype not in ("float32", "float64") or nid in checked:
-                    continue
-                checked.append(nid)
+        """Check the gradients the updates read (gradients_to_check), as the CPU target
+        does."""
+        checked = gradients_to_check(self.graph, self.groups)
         if not checked:
             return
         checks = []
