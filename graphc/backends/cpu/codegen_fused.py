@@ -600,9 +600,9 @@ def loop_kernel_source(graph: Graph, group: Group, in_place: dict[int, int] | No
 
 
 def index_kernel_source(node: Node, graph: Graph) -> str:
-    """Gather (take) and scatter-add (take_grad) kernels for one rank combination. An index
-    outside [0, n) sets status[0] = 2 (an exception would be lost in a parallel region) and
-    the step returns before its updates.
+    """Gather and scatter-add kernels (take, take_grad, take_along_axis(_grad)) and running
+    sums (cumsum) for one rank combination. An index outside [0, n) sets status[0] = 2 (an
+    exception would be lost in a parallel region) and the step returns before its updates.
 
     Both loop over the gathered shape `x.shape[:axis] + idx.shape + x.shape[axis + 1:]`
     (take's output, take_grad's incoming gradient) and differ only in the last line.
@@ -611,9 +611,8 @@ def index_kernel_source(node: Node, graph: Graph) -> str:
     axis = node.attrs["axis"]
     header = f"# graphc kernel: {node.op} along axis {axis}\n"
     if node.op in AXIS_KERNEL_OPERANDS:
-        params = ", ".join(AXIS_KERNEL_OPERANDS[node.op] + ("out",))
-        body = axis_kernel_body(node.op, axis, len(node.shape),
-                                f"raise IndexError('{node.op}: index out of range')")
+        params = ", ".join(AXIS_KERNEL_OPERANDS[node.op] + ("out", "status"))
+        body = axis_kernel_body(node.op, axis, len(node.shape), "status[0] = 2; return")
         lines = [KERNEL_DECORATOR, f"def kernel({params}):"] + ["    " + b for b in body]
         return header + KERNEL_PRELUDE + "\n\n" + "\n".join(lines) + "\n"
     idx = graph.nodes[node.inputs[1]]
