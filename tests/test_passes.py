@@ -421,6 +421,28 @@ def test_simplify_keeps_identities_that_change_shape_or_dtype() -> None:
     assert got[0].shape == (1, 4) and got[1].shape == (2, 4)
 
 
+def test_simplify_reads_a_spread_one_element_value_at_its_source() -> None:
+    g = gc.Graph("spread", dtype="float64")
+    x = g.input("x", (None, 3))
+    s = gc.sum(x) * 0.5                                          # one element, computed
+    spread = gc.reshape(gc.broadcast_to(gc.reshape(s, (1,)), (4,)), (4, 1))
+    widened = gc.broadcast_to(gc.reshape(s, (1, 1)), (3, 1))
+    row = g.input("row", (1, 5))
+    out = program_with_outputs([x * gc.broadcast_to(s, (3,)),   # read s: same shape
+                                gc.exp(spread),                  # unary: the shape would change
+                                widened * row])                  # widened gives the result its rows
+    simplified = simplify(out)
+    first = simplified.nodes[simplified.outputs[0]]
+    assert first.op == "mul" and all(
+        simplified.nodes[i].op != "broadcast_to" for i in first.inputs)
+    assert simplified.nodes[simplified.outputs[1]].shape == (4, 1)
+    third = simplified.nodes[simplified.outputs[2]]
+    assert third.shape == (3, 5) and any(
+        simplified.nodes[i].op == "broadcast_to" for i in third.inputs)
+    feeds = make_feeds(out)
+    assert_bitwise_equal(results(simplified, feeds), results(out, feeds), "spread")
+
+
 # -- 3. fusion -------------------------------------------------------------------------------
 
 def _fused(name: str) -> tuple[Graph, list]:

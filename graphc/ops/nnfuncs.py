@@ -52,12 +52,13 @@ def logsumexp(x: Value, axis: Any = -1, keepdims: bool = False) -> Value:
     """log(sum(exp(x))) along `axis`, computed stably."""
     axes = normalize_axes(axis, x.ndim, "logsumexp", [x])
     m = _shift(x, axes)
-    out = m + log(sum(exp(x - m), axis=axes, keepdims=True))
+    total = sum(exp(x - m), axis=axes, keepdims=keepdims)
     if keepdims:
-        return out
+        return m + log(total)
     from graphc.ops.views import squeeze
 
-    return squeeze(out, axes)
+    # the log and the add over the reduced shape, where they fuse with the consumers
+    return squeeze(m, axes) + log(total)
 
 
 def one_hot(labels: Value, depth: int, dtype: Any = None) -> Value:

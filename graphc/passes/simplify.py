@@ -6,6 +6,7 @@ import numpy as np
 
 from graphc.ir import Graph, Node
 from graphc.ops import OPS
+from graphc.ops.registry import InferError, broadcast_shapes
 from graphc.passes.rewrite import Rewriter
 
 # Constants larger than this are not folded (folding would bloat the program).
@@ -30,6 +31,9 @@ def simplify(graph: Graph) -> Graph:
     equals their input (same static shape without run-time sizes) -> x; transpose of a
     transpose composes; expand_dims of a squeeze (or the reverse) back to the same shape -> x.
     Any op whose operands are all constants (and whose result is small) is evaluated.
+    An elementwise operand that only spreads one value (broadcasts, reshapes of a
+    one-element node) reads that node instead, when the result keeps its shape: the
+    broadcast then needs no kernel of its own.
     Invariant: every output and update has the same value before and after.
     """
     rw = Rewriter(graph)
@@ -39,6 +43,8 @@ def simplify(graph: Graph) -> Graph:
             rw.emit(node)
             continue
         ins = tuple(rw.new_id(i) for i in node.inputs)
+        if OPS[node.op].kind == "elementwise":
+            ins = _read_spread_values_at_source(tgt, node, ins)
         replacement = _identity(tgt, node, ins)
         if replacement is not None:
             rw.alias(node.id, replacement)
@@ -49,6 +55,37 @@ def simplify(graph: Graph) -> Graph:
             continue
         rw.emit(node, inputs=ins)
     return rw.finish()
+
+
+_SPREADS = ("broadcast_to", "broadcast_like", "reshape", "reshape_like", "expand_dims",
+            "squeeze")
+
+
+def _one_element(node: Node) -> bool:
+    return all(d == 1 for d in node.shape)
+
+
+def _read_spread_values_at_source(tgt: Graph, node: Node,
+                                  ins: tuple[int, ...]) -> tuple[int, ...]:
+    """`ins` with each operand that is a chain of broadcasts and reshapes of a one-element
+    node replaced by that node, where the operands still broadcast to `node`'s shape."""
+    new = list(ins)
+    for k, nid in enumerate(ins):
+        src = tgt.nodes[nid]
+        if src.op not in _SPREADS:
+            continue
+        while src.op in _SPREADS and not _one_element(src):
+            src = tgt.nodes[src.inputs[0]]
+        if src.id == nid or not _one_element(src) or src.dtype != tgt.nodes[nid].dtype:
+            continue
+        trial = [*new[:k], src.id, *new[k + 1:]]
+        try:
+            shape = broadcast_shapes(*(tgt.nodes[i].shape for i in trial))
+        except InferError:
+            continue
+        if shape == node.shape:
+            new = trial
+    return tuple(new)
 
 
 def _same(tgt: Graph, nid: int, node: Node) -> bool:
