@@ -300,3 +300,28 @@ def test_kernels_listing_and_report_are_inspectable() -> None:
     assert "outputs complete" in step.source and "(in place)" in step.source
     assert "cuda compile / cache load" in str(step.compile_report)
     assert len(step.backward) > 0
+
+
+def test_the_gpu_launch_configuration_on_the_simulator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One small training step with the block sizes a real GPU gets (256 threads, trees of
+    128, 16x16 matmul tiles), not the simulator's tiny ones: grid-stride loops, tree
+    reductions and tiles then run with most threads idle, as they do for small tensors on
+    a GPU. Results must not depend on `threads`; the summation order of trees and tiles
+    changes, within the float32 tolerance above."""
+    from graphc.backends.cuda import codegen as cudagen
+
+    gpu_config = cudagen.LaunchConfig()
+    assert (gpu_config.threads, gpu_config.reduce_threads, gpu_config.tile) == (256, 128, 16)
+    monkeypatch.setattr(cudagen, "default_config", lambda: gpu_config)
+    x, y = data(n=24)
+    _, cpu_loss, _ = mlp("float32", hidden=20)
+    _, gpu_loss, _ = mlp("float32", hidden=20)
+    cpu = gc.compile(cpu_loss, optimizer=gc.optim.Adam(lr=1e-2))
+    gpu = gc.compile(gpu_loss, optimizer=gc.optim.Adam(lr=1e-2), target="cuda")
+    for xb, yb in batches(x, y, "float32", steps=2, size=12):
+        np.testing.assert_allclose(gpu(x=xb, y=yb), cpu(x=xb, y=yb),
+                                   rtol=TOL["float32"]["rtol"])
+    launched = [line for plan in gpu._plans.values() for line in plan.launched]
+    assert launched and all("block=256" in line or "block=(16, 16)" in line
+                            or "block=128" in line for line in launched), launched
+    assert_params_close(gpu.params, cpu.params, "float32")
