@@ -426,7 +426,8 @@ def multi_head_attention(x: Value, heads: int, causal: bool = True, mask: Any = 
     torch.nn.functional.scaled_dot_product_attention and flax. Scores that are not allowed
     are replaced (not added to) by the dtype's most negative finite number before the
     softmax: their weights are exactly 0 and gradients stay finite; a query that may attend
-    to nothing gets uniform weights (flax's behaviour; PyTorch gives NaN).
+    to nothing gets uniform weights (flax's behaviour; PyTorch's
+    scaled_dot_product_attention gives it a zero output, NaN before torch 2.5).
     """
     from graphc.ops import getitem, reshape, softmax, transpose, where
 

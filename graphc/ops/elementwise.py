@@ -382,8 +382,8 @@ def expm1(x: Value) -> Value:
 
 
 def softplus(x: Value) -> Value:
-    """log(1 + exp(x)), computed stably as max(x, 0) + log1p(exp(-|x|)); the gradient is
-    sigmoid(x)."""
+    """log(1 + exp(x)), computed stably as max(x, 0) + log1p(exp(-|x|)) at every x (PyTorch's
+    default threshold=20 returns x itself above 20); the gradient is sigmoid(x)."""
     return make("softplus", [x])
 
 
