@@ -31,6 +31,7 @@ Where graphc deliberately differs from PyTorch, the difference is asserted expli
   count_include_pad=False is not what graphc computes.
 * multi_head_attention: a query allowed to attend to no key gets uniform weights (flax's
   choice); PyTorch's scaled_dot_product_attention gives that query a zero output.
+* take_along_axis follows numpy: negative indices count from the end (torch.gather raises).
 * pad's "symmetric" mode has no torch.nn.functional.pad counterpart and is not compared.
 """
 
@@ -349,6 +350,17 @@ def test_take_along_axis_broadcasts_as_torch_take_along_dim() -> None:
     out = gc.take_along_axis(g.input("x", (3, 4, 5)), g.input("i", idx.shape, "int64"), 1)
     check(out, {"x": rng.normal(size=(3, 4, 5)), "i": idx},
           lambda t: torch.take_along_dim(t["x"], t["i"], dim=1))
+
+
+def test_take_along_axis_negative_indices_count_from_the_end() -> None:
+    """numpy's rule; torch.gather rejects negative indices."""
+    xv = np.random.default_rng(38).normal(size=(2, 3))
+    idx = np.array([[-1, 0, -3], [2, -2, -2]])
+    g = graph()
+    out = gc.take_along_axis(g.input("x", (2, 3)), g.input("i", (2, 3), "int64"), 1)
+    check(out, {"x": xv, "i": idx}, lambda t: torch.gather(t["x"], 1, t["i"] % 3))
+    with pytest.raises(RuntimeError, match="out of bounds"):
+        torch.gather(torch.tensor(xv), 1, torch.tensor(idx))
 
 
 @pytest.mark.parametrize("mode,torch_mode", [("constant", "constant"), ("reflect", "reflect"),
