@@ -161,7 +161,7 @@ def test_changed_array_bytes_in_a_valid_archive_fail_their_checksum(trained_path
         build().step.load(tmp_path / "changed.npz")
     del arrays["state/fc1.w.exp_avg"]
     np.savez(tmp_path / "missing.npz", **arrays)
-    with pytest.raises(ckpt.CheckpointError, match="state/fc1.w.exp_avg is missing"):
+    with pytest.raises(ckpt.CheckpointError, match=r"state/fc1\.w\.exp_avg is missing"):
         ckpt.read(tmp_path / "missing.npz")
 
 
