@@ -405,4 +405,14 @@ def test_a_read_only_cache_directory_still_compiles(cache_root, monkeypatch) -> 
     assert f"cannot write its kernel cache directory {cache_root}" in messages[0]
     assert np.isfinite(namespace["value"])
     assert os.listdir(cache_root) == []   # nothing written where it may not be
-    assert cache.list_entries(cache.writable_cache_dir())
+    private = cache.writable_cache_dir()
+    assert cache.list_entries(private)
+    # the program cache goes to the same private directory, and is used from there
+    assert namespace["step"].compile_report.program_cache == "saved to the program cache"
+    assert [e for e in cache.list_entries(private) if e.module.startswith("graphc_program_")]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exec(MODEL + RUN, namespace)
+    assert not [w for w in caught if issubclass(w.category, cache.CacheWarning)]
+    assert namespace["step"].compile_report.program_cache.startswith("loaded")
+    assert os.listdir(cache_root) == []
