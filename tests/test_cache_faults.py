@@ -44,8 +44,9 @@ print(json.dumps({"losses": [repr(v) for v in losses], "params": digest.hexdiges
 """
 
 
-def run_train(cache_root: str) -> dict:
-    env = dict(os.environ, GRAPHC_CACHE_DIR=cache_root, GRAPHC_COMPILE_WORKERS="0")
+def run_train(cache_root: str, shards: int = 1) -> dict:
+    env = dict(os.environ, GRAPHC_CACHE_DIR=cache_root, GRAPHC_COMPILE_WORKERS="0",
+               GRAPHC_SHARDS=str(shards))
     env["PYTHONPATH"] = os.pathsep.join([REPO, env.get("PYTHONPATH", "")])
     done = subprocess.run([sys.executable, "-c", TRAIN], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=300)
@@ -71,7 +72,8 @@ def files_of(root: str, kind: str) -> list[str]:
                 if n.startswith("graphc_kernel_") and n.endswith(".py")]
     if kind == "usage":
         return [os.path.join(root, ".graphc-usage.json")]
-    suffix = {"machine code": ".obj", "program": ".pkl"}[kind]
+    suffix = {"machine code": ".obj", "program": ".pkl", "numba index": ".nbi",
+              "numba data": ".nbc"}[kind]
     return [os.path.join(pycache, n) for n in os.listdir(pycache) if n.endswith(suffix)]
 
 
@@ -108,6 +110,28 @@ def test_damaged_cache_files_are_rebuilt(warm, kind, how) -> None:
     after = run_train(root)   # everything whole again: nothing to repair
     assert after["repaired"] == 0 and after["program"].startswith("loaded")
     assert after["losses"] == reference["losses"]
+
+
+@pytest.fixture(scope="module")
+def warm_sharded(tmp_path_factory) -> tuple[str, dict]:
+    """A cache directory holding a batch-sharded step, and its results."""
+    root = str(tmp_path_factory.mktemp("cache-faults-sharded") / "cache")
+    return root, run_train(root, shards=2)
+
+
+@pytest.mark.parametrize("kind", ["numba index", "numba data"])
+def test_damaged_numba_cache_files_of_a_sharded_step_are_rebuilt(warm_sharded, kind) -> None:
+    """A batch-sharded step is one njit function kept by Numba's own cache (index and data
+    files, unpickled by Numba): truncated ones are dropped and compiled again."""
+    root, reference = warm_sharded
+    paths = files_of(root, kind)
+    assert paths, kind
+    for path in paths:
+        damage(path, "truncated")
+    damaged = run_train(root, shards=2)
+    for key in ("losses", "params", "predict"):
+        assert damaged[key] == reference[key], (kind, key)
+    assert damaged["repaired"] > 0 and len(damaged["warnings"]) <= 1, damaged
 
 
 def test_sealed_bytes_detect_truncation_and_every_flipped_byte() -> None:
