@@ -152,7 +152,7 @@ def _temp_prefix(target: str) -> str:
 
 def _writer_gone(host: str, pid: str) -> bool:
     """Whether the writer (`host`, `pid`) of a temporary file is known to be dead."""
-    if host != _HOST or not pid.isdigit():
+    if host != _HOST or not pid.isdigit() or os.name == "nt":   # os.kill(pid, 0) kills there
         return False
     try:
         os.kill(int(pid), 0)
