@@ -139,8 +139,8 @@ def _write_npz(f: IO[bytes], arrays: dict[str, np.ndarray]) -> None:
 
 
 def _checksum(a: np.ndarray) -> int:
-    return zlib.crc32(np.ascontiguousarray(a).view(np.uint8).reshape(-1)) \
-        if a.size else zlib.crc32(b"")
+    """CRC-32 of the array's bytes in C order."""
+    return zlib.crc32(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
 
 
 _HOST = socket.gethostname().replace(os.sep, "_")
