@@ -19,6 +19,7 @@ import pytest
 
 from graphc import cli
 from graphc.codegen import cache
+from kernels.sealed import unseal
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -322,7 +323,7 @@ def test_two_processes_compiling_one_model_into_a_fresh_cache(cache_root, tmp_pa
     for blob in programs[0].files:
         if blob.endswith(".pkl"):
             with open(blob, "rb") as f:
-                assert pickle.load(f).code.instructions
+                assert pickle.loads(unseal(f.read())).code.instructions
     for entry in entries:   # every source whole, as its name says
         if not entry.source:
             continue
@@ -404,4 +405,14 @@ def test_a_read_only_cache_directory_still_compiles(cache_root, monkeypatch) -> 
     assert f"cannot write its kernel cache directory {cache_root}" in messages[0]
     assert np.isfinite(namespace["value"])
     assert os.listdir(cache_root) == []   # nothing written where it may not be
-    assert cache.list_entries(cache.writable_cache_dir())
+    private = cache.writable_cache_dir()
+    assert cache.list_entries(private)
+    # the program cache goes to the same private directory, and is used from there
+    assert namespace["step"].compile_report.program_cache == "saved to the program cache"
+    assert [e for e in cache.list_entries(private) if e.module.startswith("graphc_program_")]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exec(MODEL + RUN, namespace)
+    assert not [w for w in caught if issubclass(w.category, cache.CacheWarning)]
+    assert namespace["step"].compile_report.program_cache.startswith("loaded")
+    assert os.listdir(cache_root) == []

@@ -39,6 +39,8 @@ import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from kernels.sealed import seal, unseal
+
 _HEADER_TAG = "# graphc-source-sha256: "
 
 DEFAULT_MAX_MB = 2048
@@ -395,15 +397,16 @@ def _blob_path(prefix: str, key: str) -> tuple[str, str, str]:
 
 def write_blob(prefix: str, key: str, data: bytes) -> bool:
     """Keep `data` as the cache entry `<prefix>_<key[:20]>` (a file in __pycache__ with its
-    record of use, pruned like the others). Written whole or not at all; a directory that
-    cannot take it is left alone (a blob is a shortcut, never needed): False."""
+    record of use, pruned like the others), sealed with its sha256. Written whole or not at
+    all; a directory that cannot take it is left alone (a blob is a shortcut, never
+    needed): False."""
     directory, module, path = _blob_path(prefix, key)
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=_TEMP_PREFIX)
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                f.write(seal(data))
             os.replace(tmp, path)
         finally:
             with contextlib.suppress(OSError):
@@ -417,12 +420,16 @@ def write_blob(prefix: str, key: str, data: bytes) -> bool:
 
 
 def read_blob(prefix: str, key: str) -> bytes | None:
-    """The data kept by `write_blob` under `key`, or None."""
+    """The data kept by `write_blob` under `key`, or None (a truncated or damaged file,
+    whose sha256 does not match, is removed)."""
     directory, module, path = _blob_path(prefix, key)
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            data = unseal(f.read())
     except OSError:
+        return None
+    if data is None:
+        drop_blob(prefix, key)
         return None
     _in_use.add(os.path.join(directory, module + ".py"))
     _touch_used(directory, module)
