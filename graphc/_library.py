@@ -45,7 +45,7 @@ def mount() -> ModuleType:
     except BaseException:
         del sys.modules[PACKAGE]
         raise
-    setattr(sys.modules["graphc"], "kernels", module)
+    sys.modules["graphc"].kernels = module
     return module
 
 
