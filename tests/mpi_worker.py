@@ -275,8 +275,7 @@ def pinned() -> None:
     """All ranks pinned to one core (taskset around mpiexec): a warning, and one Numba and
     one BLAS thread per rank."""
     import numba
-
-    from kernels.cpu import threads
+    from graphc.kernels.cpu import threads
 
     assert len(os.sched_getaffinity(0)) == 1
     text = " ".join(str(w.message) for w in LAUNCH_WARNINGS)

@@ -12,9 +12,8 @@ import subprocess
 import sys
 
 import pytest
-
-from kernels.cpu import blas_arch
-from kernels.cpu.threads import core_name
+from graphc.kernels.cpu import blas_arch
+from graphc.kernels.cpu.threads import core_name
 
 pytest.importorskip("threadpoolctl")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

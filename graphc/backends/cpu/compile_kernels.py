@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from graphc import _library
 from graphc.codegen.cache import load_module, purge
-from kernels.cpu.program import DamagedObjectError, load_object, object_path, save_object
+from graphc.kernels.cpu.program import DamagedObjectError, load_object, object_path, save_object
 
 # Below this many kernels to compile, no worker is started (one already running is used).
 MIN_KERNELS_PER_WORKER = 8
@@ -43,7 +43,7 @@ spec.loader.exec_module(library)
 library.import_without_graphc()
 del spec, library
 from numba import cfunc
-from kernels.cpu.program import KERNEL_SIGNATURE, save_object
+from graphc.kernels.cpu.program import KERNEL_SIGNATURE, save_object
 cfunc(KERNEL_SIGNATURE)(lambda block: block[0] * 0)
 sys.stdout.write("ready\\n")
 sys.stdout.flush()

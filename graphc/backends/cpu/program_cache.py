@@ -34,10 +34,10 @@ from graphc.codegen.cache import CacheStats, drop_blob, read_blob, write_blob, w
 from graphc.digest import NotDescribableError, describe_attr, describe_node
 from graphc.errors import short_location
 from graphc.ir import Graph, Value
+from graphc.kernels.cpu.threads import shard_count
 from graphc.ops.custom import _CUSTOM
 from graphc.ops.registry import OPS
 from graphc.optim import Optimizer
-from kernels.cpu.threads import shard_count
 
 _PREFIX = "graphc_program"
 _FORMAT = 1
