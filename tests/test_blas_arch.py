@@ -29,7 +29,7 @@ REPORT = ("import threadpoolctl, sys\n"
           " for i in threadpoolctl.threadpool_info() if i['internal_api'] == 'openblas'}\n"
           "hooks = [type(f).__module__ for f in sys.meta_path]\n"
           "print(json.dumps({'cores': cores, 'env': os.environ.get('OPENBLAS_CORETYPE'),"
-          " 'hooks': [h for h in hooks if h.split('.')[0] in ('graphc', 'kernels')]}))\n")
+          " 'hooks': [h for h in hooks if h.split('.')[0] == 'graphc']}))\n")
 
 
 def run(prelude: str, **env: str) -> dict:

@@ -27,7 +27,8 @@ def _mix(z: np.ndarray) -> np.ndarray:
 
 
 def keep_mask(shape: tuple, seed: int, counter: int, threshold: int) -> np.ndarray:
-    """The bool keep-mask of `shape` (numpy; bit-identical to graphc.kernels.cpu.rng.dropout_keep)."""
+    """The bool keep-mask of `shape` (numpy; bit-identical to
+    graphc.kernels.cpu.rng.dropout_keep)."""
     with np.errstate(over="ignore"):
         s = np.array(seed, dtype=np.int64).astype(np.uint64).reshape(1)
         c = np.array(counter, dtype=np.int64).astype(np.uint64).reshape(1)

@@ -212,8 +212,8 @@ class StepWriter:
         # library modules the step calls (Numba's cache of the step does not track them)
         versions = [f"# {m} sha256 {module_digest(m)}"
                     for m in ("graphc.kernels.cpu.linalg", "graphc.kernels.cpu.checks")]
-        versions += [f"# graphc.kernels.cpu.shards sha256 {module_digest('graphc.kernels.cpu.shards')}"
-                     ] if self.region_sources else []
+        shards = "graphc.kernels.cpu.shards"
+        versions += [f"# {shards} sha256 {module_digest(shards)}"] if self.region_sources else []
         lines = ["import numpy as np", "from numba import njit, prange", "", *versions,
                  "from graphc.kernels.cpu.linalg import batched_matmul",
                  "from graphc.kernels.cpu.checks import all_finite",
