@@ -21,13 +21,14 @@ no change to the code generators.
 Every rank sees the same reduced buffer, so the finiteness check (on the reduced gradients
 and loss) and the update are the same on every rank, and parameters stay bitwise identical.
 
-Batch-norm running statistics (and any floating-point state a layer updates) are those of
-one process fed every rank's rows, as torch.nn.SyncBatchNorm keeps them: their new values
-travel in the same buffer and the update program writes the mean back. With equal batches
-the running mean is then exactly that of the ranks' rows taken as one batch (the mean of
-per-rank batch means). A running variance (nn.batch_norm declares it, ir.RunningVariance)
-instead sends its rank's batch moments: the global variance is the mean of per-rank
-variances plus the variance of per-rank means, with the unbiased correction over all rows.
+Batch-norm running statistics are those of one process fed every rank's rows, as
+torch.nn.SyncBatchNorm keeps them. Floating-point state a layer updates is averaged: its new
+values travel in the same buffer and the update program writes the mean back. With equal
+batches the running mean is then exactly that of the ranks' rows taken as one batch (the
+mean of per-rank batch means). A running variance (nn.batch_norm declares it,
+ir.RunningVariance) instead sends its rank's batch moments: the global variance is the mean
+of per-rank variances plus the variance of per-rank means, with the unbiased correction
+over all rows.
 Per-rank statistics would differ between ranks, so a checkpoint from rank 0 or an
 evaluation would depend on the rank. Integer state (dropout's step counter) stays per rank:
 it advances identically everywhere; each rank folds its rank into dropout's seed, so ranks
