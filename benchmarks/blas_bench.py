@@ -27,11 +27,11 @@ def measure(rounds: int) -> None:
     """In this process: GFLOP/s of each product, 1 and 2 BLAS threads."""
     sys.path.insert(0, str(REPO_ROOT))
     import numpy as np
+    from graphc.kernels.cpu.blas_arch import import_cython_blas
+    from graphc.kernels.cpu.threads import core_name, set_blas_threads
     from numba import njit
 
     import graphc  # noqa: F401
-    from kernels.cpu.blas_arch import import_cython_blas
-    from kernels.cpu.threads import core_name, set_blas_threads
 
     @njit(nogil=True)
     def ten_products(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:

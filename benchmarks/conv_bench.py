@@ -54,9 +54,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from graphc.kernels.cpu import conv, pool
+from graphc.kernels.cpu.threads import set_blas_threads
+
 from graphc.ops import conv as ref
-from kernels.cpu import conv, pool
-from kernels.cpu.threads import set_blas_threads
 
 CONVS = [
     # name, x shape, (O, kh, kw), stride, padding

@@ -1,4 +1,4 @@
-"""Benchmark the float32 functions of ``kernels.cpu.fastmath`` against numpy and libm.
+"""Benchmark the float32 functions of ``graphc.kernels.cpu.fastmath`` against numpy and libm.
 
 For each function and size it prints median wall times (microseconds) of:
 
@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernels.cpu import fastmath
+from graphc.kernels.cpu import fastmath
 
 Kernel = Callable[[np.ndarray, np.ndarray], object]
 

@@ -23,10 +23,10 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 import numpy as np  # noqa: E402
+from graphc.kernels.cpu.threads import set_blas_threads  # noqa: E402
 
 import graphc as gc  # noqa: E402
 from benchmarks.models import MODELS, cnn  # noqa: E402
-from kernels.cpu.threads import set_blas_threads  # noqa: E402
 
 _KERNEL = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p)
 BUILDERS = {**MODELS, "cnn16": lambda: cnn(16), "cnn28": lambda: cnn(28)}

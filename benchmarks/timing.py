@@ -153,10 +153,10 @@ def graphc_sgemm_peak(sizes: tuple[int, ...] = (1024, 2048), reps: int = 7) -> d
     keys ``"graphc <n>"`` and ``"graphc peak"``, and the kernel set under
     ``"graphc kernels"``. Empty if graphc cannot be imported."""
     try:
+        from graphc.kernels.cpu.threads import core_name, max_threads, set_blas_threads
         from numba import njit
 
         import graphc  # noqa: F401
-        from kernels.cpu.threads import core_name, max_threads, set_blas_threads
     except ImportError:
         return {}
 

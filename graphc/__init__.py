@@ -6,6 +6,11 @@ interpreter (`evaluate`), compile a whole training step into Numba kernels (`com
 train it on data (`fit`, `metrics`) and save or resume it (`step.save`, `step.load`).
 """
 
+# the kernel library, graphc.kernels: installed inside graphc, or kernels/ of the repository
+from graphc._library import mount as _mount_kernel_library
+
+_mount_kernel_library()
+
 from graphc import data, distributed, metrics, nn, optim
 from graphc.autodiff import grad
 from graphc.checkpoint import CheckpointError

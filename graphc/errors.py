@@ -6,8 +6,10 @@ import functools
 import os
 import sys
 
+from graphc._library import library_folder
+
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-_KERNELS_DIR = os.path.join(os.path.dirname(_PACKAGE_DIR), "kernels")
+_KERNELS_DIR = library_folder()
 
 
 class GraphError(ValueError):

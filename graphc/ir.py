@@ -95,6 +95,21 @@ _provenance: contextvars.ContextVar[Provenance | None] = contextvars.ContextVar(
 )
 
 
+@dataclass(frozen=True)
+class RunningVariance:
+    """How a layer updates its running-variance state, for data-parallel steps that combine
+    the ranks' batches as one batch (graphc.distributed): running * (1 - momentum) +
+    momentum * count / (count - 1) * var, where `var` is the biased variance of `count` rows
+    around their mean `mean`, and `shift` a value equal on every rank near that mean (the
+    running mean). Node ids, per channel (`count` a scalar)."""
+
+    mean: int
+    var: int
+    count: int
+    shift: int
+    momentum: float
+
+
 @contextlib.contextmanager
 def building_gradient(forward: int, rule: str) -> Iterator[None]:
     """Mark every node built inside the block as a backward node produced by `rule`."""
@@ -131,6 +146,8 @@ class Graph:
         # (state name, new-value node, anchor node, follows the training/inference view):
         # compile adds those whose anchor it runs (graphc.passes.mode.apply_view).
         self.state_updates: list[tuple[str, int, int, bool]] = []
+        # The running variances among those, by state name (RunningVariance).
+        self.running_variances: dict[str, RunningVariance] = {}
         # Set by the scheduling passes (fusion, sharding, memory planning) on compiled programs.
         self.groups: list[Any] | None = None
         self.memory: Any = None
@@ -273,6 +290,7 @@ class Graph:
         other.outputs = []
         other.updates = []
         other.state_updates = []
+        other.running_variances = {}
         other.groups, other.memory, other.shards = None, None, None
         other._names, other._auto_names = {}, self._auto_names
         return other
@@ -286,6 +304,7 @@ class Graph:
         other.outputs = list(self.outputs)
         other.updates = list(self.updates)
         other.state_updates = list(self.state_updates)
+        other.running_variances = dict(self.running_variances)
         other._names = dict(self._names)
         return other
 

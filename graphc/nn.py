@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from graphc.errors import GraphError, user_location
-from graphc.ir import Value, canonical_dtype, format_shape, is_float
+from graphc.ir import RunningVariance, Value, canonical_dtype, format_shape, is_float
 from graphc.ops import add, matmul
 from graphc.recurrent import gru, lstm  # noqa: F401 - recurrent layers, gc.nn.gru / gc.nn.lstm
 
@@ -248,10 +248,13 @@ def batch_norm(x: Value, name: str | None = None, momentum: float = 0.1, eps: fl
     out = _views(out_train, out_infer, training) if out_train is not None else out_infer
     if out_train is not None:
         n = count(x, axes)
-        new_rm = rm * (1.0 - momentum) + reshape(mu, (channels,)) * momentum
-        new_rv = rv * (1.0 - momentum) + reshape(var, (channels,)) * (n / (n - 1.0)) * momentum
+        batch_mean, batch_var = reshape(mu, (channels,)), reshape(var, (channels,))
+        new_rm = rm * (1.0 - momentum) + batch_mean * momentum
+        new_rv = rv * (1.0 - momentum) + batch_var * (n / (n - 1.0)) * momentum
         _declare_update(rm, new_rm, out, training is None)
         _declare_update(rv, new_rv, out, training is None)
+        graph.running_variances[rv.name] = RunningVariance(batch_mean.id, batch_var.id, n.id,
+                                                           rm.id, float(momentum))
     return out
 
 

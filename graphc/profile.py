@@ -21,9 +21,9 @@ import numpy as np
 
 from graphc.errors import GraphError, short_location
 from graphc.inspect import clip
+from graphc.kernels.cpu.threads import set_blas_threads
 from graphc.ops import OPS
 from graphc.passes.fusion import data_inputs
-from kernels.cpu.threads import set_blas_threads
 
 
 @functools.cache

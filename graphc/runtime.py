@@ -18,9 +18,9 @@ from graphc.feeds import check_feeds
 from graphc.inspect import KernelList, format_nodes, summarize_nodes
 from graphc.interpret import run_nodes
 from graphc.ir import Graph, ancestors
+from graphc.kernels.cpu.threads import blas_threads, shards_for, threads_for
 from graphc.ops import OPS
 from graphc.ops.registry import InferError
-from kernels.cpu.threads import blas_threads, shards_for, threads_for
 
 
 @dataclass

@@ -12,9 +12,8 @@ import subprocess
 import sys
 
 import pytest
-
-from kernels.cpu import blas_arch
-from kernels.cpu.threads import core_name
+from graphc.kernels.cpu import blas_arch
+from graphc.kernels.cpu.threads import core_name
 
 pytest.importorskip("threadpoolctl")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,7 +29,7 @@ REPORT = ("import threadpoolctl, sys\n"
           " for i in threadpoolctl.threadpool_info() if i['internal_api'] == 'openblas'}\n"
           "hooks = [type(f).__module__ for f in sys.meta_path]\n"
           "print(json.dumps({'cores': cores, 'env': os.environ.get('OPENBLAS_CORETYPE'),"
-          " 'hooks': [h for h in hooks if h.split('.')[0] in ('graphc', 'kernels')]}))\n")
+          " 'hooks': [h for h in hooks if h.split('.')[0] == 'graphc']}))\n")
 
 
 def run(prelude: str, **env: str) -> dict:

@@ -96,7 +96,7 @@ def test_the_default_bound_is_a_few_shapes(monkeypatch) -> None:
 def test_a_call_restores_scipys_openblas_thread_count() -> None:
     code = (
         "import numpy as np, graphc as gc\n"
-        "from kernels.cpu import threads\n"
+        "from graphc.kernels.cpu import threads\n"
         "if not threads.available(): print('UNAVAILABLE'); raise SystemExit\n"
         "threads.set_blas_threads(2)\n"
         "g = gc.Graph('t', seed=0)\n"

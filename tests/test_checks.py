@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from kernels.cpu.checks import all_finite
+from graphc.kernels.cpu.checks import all_finite
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -45,8 +45,8 @@ def check_ok(result: subprocess.CompletedProcess, n: int, scenario: str) -> None
 
 @needs_mpiexec
 @pytest.mark.parametrize("n", [2, 3])
-@pytest.mark.parametrize("scenario", ["sync", "match", "running_statistics", "bad_feed",
-                                      "nonfinite"])
+@pytest.mark.parametrize("scenario", ["sync", "match", "running_statistics", "dropout",
+                                      "bad_feed", "nonfinite"])
 def test_ranks(n: int, scenario: str) -> None:
     check_ok(run_ranks(n, scenario), n, scenario)
 
@@ -170,6 +170,38 @@ def test_one_rank_matches_the_ordinary_step() -> None:
                                reference.optimizer_state()["bn.running_mean"], atol=1e-6)
     assert set(step.buffers.flat) == {"float32"}   # one buffer for the one dtype
     assert not any(k.startswith(("grad:", "mean:")) for k in step.optimizer_state())
+
+
+def test_one_rank_draws_the_dropout_masks_of_the_ordinary_step() -> None:
+    """World size 1: dropout's seeds are kept, so the masks, losses and parameters are
+    those of the one-program step."""
+    def build() -> tuple[gc.Value, gc.Value]:
+        g = gc.Graph("mlp", seed=0)
+        x, y = g.input("x", (None, 8)), g.input("y", (None,), dtype="int64")
+        h = gc.nn.dropout(gc.nn.linear(x, 16, name="fc1"), 0.5, name="drop")
+        return h, gc.mean(gc.softmax_cross_entropy(gc.nn.linear(h, 3, name="fc2"), y))
+
+    h, loss = build()
+    step = gc.compile(loss, optimizer=gc.optim.SGD(0.1), distributed="mpi", fetch=[h])
+    rh, rloss = build()
+    reference = gc.compile(rloss, optimizer=gc.optim.SGD(0.1), fetch=[rh])
+    rng = np.random.default_rng(3)
+    xb, yb = rng.normal(size=(16, 8)).astype(np.float32), rng.integers(0, 3, 16)
+    for _ in range(3):
+        (got, out), (want, ref_out) = step(x=xb, y=yb), reference(x=xb, y=yb)
+        assert got == pytest.approx(want, rel=1e-6)
+        np.testing.assert_array_equal(np.asarray(out) != 0, np.asarray(ref_out) != 0)
+    for name, value in reference.params.items():
+        np.testing.assert_allclose(step.params[name], value, rtol=0, atol=1e-6)
+
+
+def test_rank_seeds_differ_by_rank() -> None:
+    from graphc.ops.random import rank_seed
+
+    seeds = [rank_seed(12345, r) for r in range(64)]
+    assert seeds[0] == 12345 and len(set(seeds)) == 64
+    assert all(0 <= s < 2 ** 63 for s in seeds)
+    assert rank_seed(2 ** 63 - 1, 1) != rank_seed(0, 1)
 
 
 def test_gradients_are_written_into_the_buffer() -> None:

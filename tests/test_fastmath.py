@@ -1,4 +1,4 @@
-"""Accuracy and special-value tests for ``kernels.cpu.fastmath``.
+"""Accuracy and special-value tests for ``graphc.kernels.cpu.fastmath``.
 
 References are numpy float64 results rounded to float32.  Errors are measured in ulps of
 the float32 result (distance between the bit patterns) and as relative error, for normal
@@ -23,8 +23,7 @@ from collections.abc import Callable
 import numba
 import numpy as np
 import pytest
-
-from kernels.cpu import fastmath as fm
+from graphc.kernels.cpu import fastmath as fm
 
 F32 = np.float32
 TINY = np.finfo(np.float32).tiny

@@ -118,6 +118,7 @@ def module_digest(module: str) -> str:
 def kernel_library_version() -> str:
     """Hash of the hand-written scalar kernels generated loops call."""
     digest = hashlib.sha256()
-    for module in ("kernels.cpu.fastmath", "kernels.cpu.scalar", "kernels.cpu.rng"):
+    for name in ("fastmath", "scalar", "rng"):
+        module = f"graphc.kernels.cpu.{name}"
         digest.update(module_digest(module).encode())
     return digest.hexdigest()[:16]

@@ -77,7 +77,7 @@ def limit_threads(n: int) -> None:
     """graphc's BLAS threads and Numba's threads (of this thread) to at most `n`."""
     import numba
 
-    from kernels.cpu.threads import limit_threads as limit_blas
+    from graphc.kernels.cpu.threads import limit_threads as limit_blas
 
     limit_blas(n)
     numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))

@@ -21,17 +21,23 @@ no change to the code generators.
 Every rank sees the same reduced buffer, so the finiteness check (on the reduced gradients
 and loss) and the update are the same on every rank, and parameters stay bitwise identical.
 
-Batch-norm running statistics (and any floating-point state a layer updates) are averaged
-too: their new values travel in the same buffer and the update program writes the mean back.
-With equal batches the running mean is then exactly that of one process fed every rank's
-rows (the mean of per-rank batch means); the running variance is the mean of per-rank
-variances. Per-rank statistics would differ between ranks, so a checkpoint from rank 0 or an
+Batch-norm running statistics are those of one process fed every rank's rows, as
+torch.nn.SyncBatchNorm keeps them. Floating-point state a layer updates is averaged: its new
+values travel in the same buffer and the update program writes the mean back. With equal
+batches the running mean is then exactly that of the ranks' rows taken as one batch (the
+mean of per-rank batch means). A running variance (nn.batch_norm declares it,
+ir.RunningVariance) instead sends its rank's batch moments: the global variance is the mean
+of per-rank variances plus the variance of per-rank means, with the unbiased correction
+over all rows.
+Per-rank statistics would differ between ranks, so a checkpoint from rank 0 or an
 evaluation would depend on the rank. Integer state (dropout's step counter) stays per rank:
-it advances identically everywhere.
+it advances identically everywhere; each rank folds its rank into dropout's seed, so ranks
+draw different masks (rank 0 the masks of one process).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -43,12 +49,15 @@ from graphc.autodiff import grad
 from graphc.codegen.cache import maybe_prune
 from graphc.distributed.comm import MPI, DistributedError, resolve
 from graphc.errors import GraphError, NonFiniteError, user_location
-from graphc.ir import Graph, building_gradient
+from graphc.ir import Graph, RunningVariance, Value, building_gradient
+from graphc.ops.random import rank_seed
 from graphc.optim import Optimizer
 from graphc.passes.mode import apply_view, live_state_updates
 from graphc.runtime import CompiledFunction, CompileReport
 
 _GRAD, _MEAN, _LOSS, _STATUS = "grad:", "mean:", "sum:loss", "failed:ranks"
+# A running variance's batch moments on each rank, slot "moments:<part>:<state name>"
+_MOMENTS, _PARTS = "moments:", ("var", "shift", "shift2", "count")
 
 
 class _Buffers:
@@ -151,6 +160,7 @@ class DistributedStep:
         graph = self.graph
         program = graph.fork()
         program.state_values = dict(graph.state_values)
+        _draw_per_rank(program, self.comm.rank)
         params = [program.value(p.id) for p in graph.params]
         start = time.perf_counter()
         grads = grad(program.value(loss.id), params)
@@ -169,11 +179,17 @@ class DistributedStep:
         program.outputs = [loss.id] + [v.id for v in fetch]
         roots = list(program.outputs) + [nid for _, nid in updates]
         averaged = []
+        variances = graph.running_variances if self.comm.size > 1 else {}
         for name, nid in live_state_updates(program, roots, training):
             node = program.nodes[nid]
-            if node.dtype in ("float32", "float64"):
+            if node.dtype not in ("float32", "float64"):
+                continue
+            if name in variances:
+                for part, value in _batch_moments(program, variances[name]).items():
+                    slot(f"{_MOMENTS}{part}:{name}", value.shape, value.dtype, value.id)
+            else:
                 slot(_MEAN + name, node.shape, node.dtype, nid)
-                averaged.append(name)
+            averaged.append(name)
         slot(_LOSS, (), loss.dtype, loss.id)
         slot(_STATUS, (), loss.dtype, None)
         program.updates = updates
@@ -200,10 +216,28 @@ class DistributedStep:
         with building_gradient(loss.id, f"{type(optimizer).__name__} update"):
             grads = [mean(summed[_GRAD + p.name]) for p in params]
             program.updates = optimizer.build(program, params, grads)
-            program.updates += [(name, mean(summed[_MEAN + name]).id) for name in averaged]
+            program.updates += [(name, self._combined(program, name, summed, mean).id)
+                                for name in averaged]
             program.outputs = [mean(summed[_LOSS]).id]
         timings["optimizer"] = time.perf_counter() - start
         return apply_view(program, True)
+
+    def _combined(self, program: Graph, name: str, summed: dict[str, Value],
+                  mean: Any) -> Value:
+        """The new value of averaged state `name` from the sums over the ranks: their mean,
+        or for a running variance, that of the ranks' batches taken as one batch."""
+        if _MEAN + name in summed:
+            return mean(summed[_MEAN + name])
+        from graphc.ops import maximum, square
+
+        moments = self.graph.running_variances[name]
+        part = {p: mean(summed[f"{_MOMENTS}{p}:{name}"]) for p in _PARTS}
+        # E[(m_r - s)^2] - E[m_r - s]^2, the variance of the rank means m_r around a shift s
+        # equal on every rank (>= 0 but for rounding)
+        between = maximum(part["shift2"] - square(part["shift"]), 0.0)
+        rows = part["count"] * float(self.comm.size)
+        unbiased = (part["var"] + between) * (rows / (rows - 1.0))
+        return program[name] * (1.0 - moments.momentum) + unbiased * moments.momentum
 
     # -- user-facing state (as CompiledFunction) -------------------------------------------
     @property
@@ -350,6 +384,27 @@ class DistributedStep:
         raise NonFiniteError(f"step {step_number}: {what}; parameters and optimizer state "
                              f"were left unchanged on every rank. First non-finite value:\n  "
                              f"{detail}")
+
+
+def _draw_per_rank(program: Graph, rank: int) -> None:
+    """Give every rank its own dropout masks: the rank folded into each mask's seed (rank 0
+    keeps the seeds, drawing what one process does). Replaces nodes of `program` only."""
+    if rank == 0:
+        return
+    for i, node in enumerate(program.nodes):
+        if node.op == "dropout_keep":
+            seed = rank_seed(node.attrs["seed"], rank)
+            program.nodes[i] = dataclasses.replace(node, attrs={**node.attrs, "seed": seed})
+
+
+def _batch_moments(program: Graph, moments: RunningVariance) -> dict[str, Value]:
+    """This rank's part of a running variance over every rank's batch, by _PARTS: its batch
+    variance, its batch mean less the shift, that squared, and its row count."""
+    from graphc.ops import square
+
+    centred = program.value(moments.mean) - program.value(moments.shift)
+    return {"var": program.value(moments.var), "shift": centred, "shift2": square(centred),
+            "count": program.value(moments.count)}
 
 
 def _checkpoint_view(update: Graph, slots: set[str]) -> Graph:

@@ -236,8 +236,8 @@ def _conv_grad_weight_vjp(k: Value, out: Value, x: list[Value], needs: tuple, st
             conv2d(inp, k, stride, padding) if needs[1] else None)
 
 
-_CONV = "kernels.cpu.conv:"
-_POOL = "kernels.cpu.pool:"
+_CONV = "graphc.kernels.cpu.conv:"
+_POOL = "graphc.kernels.cpu.pool:"
 
 defop("conv2d", "call", _conv_infer, conv2d_ref, vjp=_conv_vjp, arity=2,
       kernel=_CONV + "conv2d_forward", kernel_attrs=("stride", "padding"), batch="rows")

@@ -27,7 +27,8 @@ def _mix(z: np.ndarray) -> np.ndarray:
 
 
 def keep_mask(shape: tuple, seed: int, counter: int, threshold: int) -> np.ndarray:
-    """The bool keep-mask of `shape` (numpy; bit-identical to kernels.cpu.rng.dropout_keep)."""
+    """The bool keep-mask of `shape` (numpy; bit-identical to
+    graphc.kernels.cpu.rng.dropout_keep)."""
     with np.errstate(over="ignore"):
         s = np.array(seed, dtype=np.int64).astype(np.uint64).reshape(1)
         c = np.array(counter, dtype=np.int64).astype(np.uint64).reshape(1)
@@ -35,6 +36,18 @@ def keep_mask(shape: tuple, seed: int, counter: int, threshold: int) -> np.ndarr
         index = np.arange(int(np.prod(shape)), dtype=np.uint64)
         bits = _mix(key + (index + np.uint64(1)) * _G)
     return ((bits >> np.uint64(40)) >= np.uint64(threshold)).reshape(shape)
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed rank `rank` of a data-parallel step draws its masks with: `seed` on rank 0
+    (one rank draws what one process does), a hash of (seed, rank) on the others."""
+    if rank == 0:
+        return seed
+    with np.errstate(over="ignore"):
+        s = np.array(seed, dtype=np.int64).astype(np.uint64).reshape(1)
+        r = np.array(rank, dtype=np.uint64).reshape(1)
+        mixed = _mix(_mix(s + _G) ^ _mix(r * _G))
+    return int(mixed[0] >> np.uint64(1))   # non-negative int64, as dropout's seeds are
 
 
 def _keep_infer(nodes: list[Node], seed: int, threshold: int) -> tuple:
@@ -53,4 +66,4 @@ def _keep_ref(x: np.ndarray, counter: np.ndarray, seed: int, threshold: int) -> 
 defop("dropout_keep", "elementwise", _keep_infer, _keep_ref, arity=2,
       scalar="dropout_keep({seed}, {1}, {_flat}, {threshold})")
 
-__all__ = ["keep_mask"]
+__all__ = ["keep_mask", "rank_seed"]

@@ -42,9 +42,9 @@ import math
 from dataclasses import dataclass, field, replace
 
 from graphc.ir import Graph, Node
+from graphc.kernels.cpu.threads import shard_count
 from graphc.ops import OPS
 from graphc.passes.fusion import BROADCASTS, Group, data_inputs
-from kernels.cpu.threads import shard_count
 
 ROW, ROWT, PARTIAL, GLOBAL = "row", "rowT", "partial", "global"
 VIEW_ONLY = ("reshape", "reshape_like", "squeeze", "expand_dims", "transpose", "slice")

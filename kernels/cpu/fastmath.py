@@ -7,7 +7,7 @@ float32 code (range reduction, polynomial, exponent bit manipulation, selects), 
 
 Usage from generated code::
 
-    from kernels.cpu.fastmath import exp_f32, tanh_f32
+    from graphc.kernels.cpu.fastmath import exp_f32, tanh_f32
 
     @numba.njit
     def kernel(a, out):

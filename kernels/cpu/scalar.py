@@ -1,6 +1,6 @@
 """Scalar math functions that generated loops call, one per (function, dtype).
 
-float32 uses the vectorisable implementations of `kernels.cpu.fastmath`; float64 uses
+float32 uses the vectorisable implementations of `graphc.kernels.cpu.fastmath`; float64 uses
 libm through `math` (float64 graphs are for accuracy, not speed). Every function returns
 its argument's dtype, so nothing is silently promoted to float64.
 """
@@ -10,9 +10,15 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from graphc.kernels.cpu.fastmath import (
+    exp_f32,
+    expm1_f32,
+    log1p_f32,
+    log_f32,
+    sigmoid_f32,
+    tanh_f32,
+)
 from numba import njit
-
-from kernels.cpu.fastmath import exp_f32, expm1_f32, log1p_f32, log_f32, sigmoid_f32, tanh_f32
 
 _inline = njit(inline="always", cache=False)
 

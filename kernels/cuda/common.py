@@ -8,7 +8,7 @@ PRELUDE = """import math
 import numpy as np
 from numba import cuda
 
-from kernels.cuda.scalar import (
+from graphc.kernels.cuda.scalar import (
     cos_f32, cos_f64, dropout_keep, erf_f32, erf_f64, exp_f32, exp_f64, expm1_f32, expm1_f64,
     log1p_f32, log1p_f64, log_f32, log_f64, pow_f32, pow_f64, sigmoid_f32, sigmoid_f64,
     sin_f32, sin_f64, sqrt_f32, sqrt_f64, tanh_f32, tanh_f64,

@@ -23,7 +23,7 @@ The runtime passes parameters by name (see `params`).
 
 from __future__ import annotations
 
-from kernels.cuda.common import CTOR, DECORATOR, Param
+from graphc.kernels.cuda.common import CTOR, DECORATOR, Param
 
 _OPERANDS = {
     "conv2d": ("x", "k"), "conv2d_grad_input": ("g", "k"), "conv2d_grad_weight": ("x", "g"),

@@ -24,7 +24,7 @@ grid-stride loops over their output, one thread per output element, and determin
 
 from __future__ import annotations
 
-from kernels.cuda.common import CTOR, DECORATOR, Param, horner, product, strided, unravel
+from graphc.kernels.cuda.common import CTOR, DECORATOR, Param, horner, product, strided, unravel
 
 _LOOP = "    for t in range(cuda.grid(1), total, cuda.gridsize(1)):"
 

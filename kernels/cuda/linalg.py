@@ -11,7 +11,7 @@ so results are reproducible run to run (no atomics, fixed order). Blocks loop ov
 
 from __future__ import annotations
 
-from kernels.cuda.common import CTOR, DECORATOR, Param
+from graphc.kernels.cuda.common import CTOR, DECORATOR, Param
 
 MATMUL = '''
 {decorator}

@@ -17,7 +17,7 @@ Which one runs is chosen per feed shape from the row length (the launch configur
 
 from __future__ import annotations
 
-from kernels.cuda.common import DECORATOR, Param, horner, product, unravel
+from graphc.kernels.cuda.common import DECORATOR, Param, horner, product, unravel
 
 
 def reduction_source(params: list[Param], sizes: list[str], kept: list[int],

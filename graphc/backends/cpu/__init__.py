@@ -19,11 +19,11 @@ from graphc.backends.cpu.runtime import ProgramFunction
 from graphc.codegen.cache import CacheStats, load_module, purge, write_module
 from graphc.errors import GraphError, user_location
 from graphc.ir import Graph
+from graphc.kernels.cpu.blas_arch import import_cython_blas
+from graphc.kernels.cpu.threads import core_name, shard_count
 from graphc.optim import Optimizer
 from graphc.passes import LOWERING_CPU
 from graphc.runtime import CompiledFunction, CompileReport
-from kernels.cpu.blas_arch import import_cython_blas
-from kernels.cpu.threads import core_name, shard_count
 
 if TYPE_CHECKING:
     from graphc.backends import CompileRequest

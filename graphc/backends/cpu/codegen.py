@@ -45,10 +45,10 @@ from graphc.codegen.common import (
 )
 from graphc.errors import short_location
 from graphc.ir import Graph, Node, format_shape
+from graphc.kernels.cpu.program import EXECUTOR_SOURCE, library_digest
 from graphc.ops import OPS
 from graphc.passes.fusion import Group, data_inputs, describe_group
 from graphc.passes.memory import MemoryPlan
-from kernels.cpu.program import EXECUTOR_SOURCE, library_digest
 
 _DECORATOR = {
     "loop": f"@cfunc(KERNEL_SIGNATURE, fastmath={FASTMATH}, "
@@ -61,10 +61,10 @@ PRELUDE = """import math
 import numpy as np
 from numba import carray, cfunc
 
-from kernels.cpu.program import KERNEL_SIGNATURE, address, strided
+from graphc.kernels.cpu.program import KERNEL_SIGNATURE, address, strided
 """
-LOOP_IMPORTS = """from kernels.cpu.rng import dropout_keep
-from kernels.cpu.scalar import (
+LOOP_IMPORTS = """from graphc.kernels.cpu.rng import dropout_keep
+from graphc.kernels.cpu.scalar import (
     cos_f32, cos_f64, erf_f32, erf_f64, exp_f32, exp_f64, expm1_f32, expm1_f64, log1p_f32,
     log1p_f64, log_f32, log_f64, pow_f32, pow_f64, sigmoid_f32, sigmoid_f64, sin_f32, sin_f64,
     sqrt_f32, sqrt_f64, tanh_f32, tanh_f64,
@@ -695,7 +695,7 @@ def gemm_source(dtype: str, layout_a: int | str = 0, layout_b: int | str = 0) ->
              f"           pc + i * (m * n * {item}), n)"]
     title = f"matrix product {dtype}" + (f" ({layout_a}, {layout_b})" if layout_a or layout_b
                                          else "")
-    return _source("exact", title, body, f"from kernels.cpu.program import {gemm}\n")
+    return _source("exact", title, body, f"from graphc.kernels.cpu.program import {gemm}\n")
 
 
 def copy_source(dtype: str, rank: int) -> str:

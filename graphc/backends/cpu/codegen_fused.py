@@ -49,8 +49,8 @@ KERNEL_PRELUDE = """import math
 import numpy as np
 from numba import njit
 
-from kernels.cpu.rng import dropout_keep
-from kernels.cpu.scalar import (
+from graphc.kernels.cpu.rng import dropout_keep
+from graphc.kernels.cpu.scalar import (
     cos_f32, cos_f64, erf_f32, erf_f64, exp_f32, exp_f64, expm1_f32, expm1_f64, log1p_f32,
     log1p_f64, log_f32, log_f64, pow_f32, pow_f64, sigmoid_f32, sigmoid_f64, sin_f32, sin_f64,
     sqrt_f32, sqrt_f64, tanh_f32, tanh_f64,
@@ -211,13 +211,13 @@ class StepWriter:
                          | self.call_imports)
         # library modules the step calls (Numba's cache of the step does not track them)
         versions = [f"# {m} sha256 {module_digest(m)}"
-                    for m in ("kernels.cpu.linalg", "kernels.cpu.checks")]
-        versions += [f"# kernels.cpu.shards sha256 {module_digest('kernels.cpu.shards')}"
-                     ] if self.region_sources else []
+                    for m in ("graphc.kernels.cpu.linalg", "graphc.kernels.cpu.checks")]
+        shards = "graphc.kernels.cpu.shards"
+        versions += [f"# {shards} sha256 {module_digest(shards)}"] if self.region_sources else []
         lines = ["import numpy as np", "from numba import njit, prange", "", *versions,
-                 "from kernels.cpu.linalg import batched_matmul",
-                 "from kernels.cpu.checks import all_finite",
-                 "from kernels.cpu.shards import extreme_partials, sum_partials",
+                 "from graphc.kernels.cpu.linalg import batched_matmul",
+                 "from graphc.kernels.cpu.checks import all_finite",
+                 "from graphc.kernels.cpu.shards import extreme_partials, sum_partials",
                  *imports, "", "", *self.region_sources,
                  STEP_DECORATOR_PARALLEL if self.parallel else STEP_DECORATOR,
                  f"def step({params}):"]

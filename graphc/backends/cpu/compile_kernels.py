@@ -24,20 +24,26 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import kernels
+from graphc import _library
 from graphc.codegen.cache import load_module, purge
-from kernels.cpu.program import DamagedObjectError, load_object, object_path, save_object
+from graphc.kernels.cpu.program import DamagedObjectError, load_object, object_path, save_object
 
 # Below this many kernels to compile, no worker is started (one already running is used).
 MIN_KERNELS_PER_WORKER = 8
 
-# A worker imports only numba and the kernel library, not graphc (whose import loads SciPy).
+# A worker imports only numba and the kernel library, not graphc (whose import loads SciPy):
+# its argument is graphc/_library.py, which imports the library without graphc.
 # It says "ready" once Numba is warm (its first compilation sets up the compiler, a third of
 # a second), then reads one module path per line and answers one line per path, in order.
 _WORKER = """
 import importlib.util, os, sys
+spec = importlib.util.spec_from_file_location("graphc._library", sys.argv[1])
+library = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(library)
+library.import_without_graphc()
+del spec, library
 from numba import cfunc
-from kernels.cpu.program import KERNEL_SIGNATURE, save_object
+from graphc.kernels.cpu.program import KERNEL_SIGNATURE, save_object
 cfunc(KERNEL_SIGNATURE)(lambda block: block[0] * 0)
 sys.stdout.write("ready\\n")
 sys.stdout.flush()
@@ -79,13 +85,10 @@ class _Worker:
     reader thread of its own queues what it says."""
 
     def __init__(self) -> None:
-        # the kernel library importable from wherever this process imported it
-        root = os.path.dirname(os.path.dirname(os.path.abspath(kernels.__file__)))
         env = dict(os.environ, PYTHONIOENCODING="utf-8")
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, env=env, encoding="utf-8", bufsize=1)
+            [sys.executable, "-c", _WORKER, _library.__file__], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, encoding="utf-8", bufsize=1)
         self.ready = False   # said so: warm, kernels handed to it start at once
         self._lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read_all, daemon=True).start()

@@ -28,19 +28,19 @@ import numba
 import numpy as np
 
 import graphc
+from graphc._library import library_folder
 from graphc.backends.cpu.codegen import Program, executor_source, program_listing
 from graphc.codegen.cache import CacheStats, drop_blob, read_blob, write_blob, write_module
 from graphc.digest import NotDescribableError, describe_attr, describe_node
 from graphc.errors import short_location
 from graphc.ir import Graph, Value
+from graphc.kernels.cpu.threads import shard_count
 from graphc.ops.custom import _CUSTOM
 from graphc.ops.registry import OPS
 from graphc.optim import Optimizer
-from kernels.cpu.threads import shard_count
 
 _PREFIX = "graphc_program"
 _FORMAT = 1
-_SOURCE_FOLDERS = ("graphc", "kernels")
 
 
 @dataclass
@@ -57,13 +57,20 @@ class Entry:
     nodes_after: int
 
 
+def _source_folders() -> list[str]:
+    """graphc's folder, and its kernel library's when that is not inside it (a checkout)."""
+    package = os.path.dirname(os.path.abspath(graphc.__file__))
+    library = library_folder()
+    return [package] + ([] if library.startswith(package + os.sep) else [library])
+
+
 @functools.cache
 def _graphc_sources_digest() -> str:
     """sha256 of every source file of graphc and its kernel library (read once a process)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(graphc.__file__)))
     digest = hashlib.sha256()
-    for folder in _SOURCE_FOLDERS:
-        for base, dirs, files in sorted(os.walk(os.path.join(root, folder))):
+    for folder in _source_folders():
+        root = os.path.dirname(folder)
+        for base, dirs, files in sorted(os.walk(folder)):
             dirs.sort()
             for name in sorted(files):
                 if name.endswith(".py"):

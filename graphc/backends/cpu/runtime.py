@@ -19,12 +19,12 @@ import numpy as np
 from graphc.backends.cpu.codegen import Program
 from graphc.errors import GraphError
 from graphc.ir import Graph
+from graphc.kernels.cpu.conv import largest_gemm_flops
+from graphc.kernels.cpu.program import STATUS_INDEX_RANGE, STATUS_NOT_FINITE
+from graphc.kernels.cpu.threads import blas_threads, threads_for
 from graphc.ops.scan import ShapeOnly
 from graphc.passes.memory import VIEW_OPS
 from graphc.runtime import CompiledFunction, CompileReport, _step_array, concrete_shapes
-from kernels.cpu.conv import largest_gemm_flops
-from kernels.cpu.program import STATUS_INDEX_RANGE, STATUS_NOT_FINITE
-from kernels.cpu.threads import blas_threads, threads_for
 
 # The executor's C signature (kernels/cpu/program.py); ctypes releases the GIL for the call.
 _EXECUTOR = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,

@@ -75,4 +75,4 @@ def scan_kernel_source() -> str:
     body += ["    " + line for line in copies("post", "a[8]", "i")]
     body += copies("after", "a[9]", "0")
     return _source("exact", "scan: a sub-program run once per step", body,
-                   "from kernels.cpu.program import call_kernel\n")
+                   "from graphc.kernels.cpu.program import call_kernel\n")

@@ -45,11 +45,8 @@ from graphc.codegen.common import (
 )
 from graphc.errors import GraphError
 from graphc.ir import Graph, Node
-from graphc.ops import OPS
-from graphc.passes.fusion import Group, data_inputs, describe_group
-from graphc.passes.memory import MemoryPlan
-from kernels.cuda import conv as conv_kernels
-from kernels.cuda.common import (
+from graphc.kernels.cuda import conv as conv_kernels
+from graphc.kernels.cuda.common import (
     CTOR,
     DECORATOR,
     PRELUDE,
@@ -59,7 +56,7 @@ from kernels.cuda.common import (
     strided,
     unravel,
 )
-from kernels.cuda.index import (
+from graphc.kernels.cuda.index import (
     copy_source,
     cumsum_source,
     fill_zero_source,
@@ -69,8 +66,11 @@ from kernels.cuda.index import (
     take_grad_source,
     take_source,
 )
-from kernels.cuda.linalg import matmul_source
-from kernels.cuda.reduce import reduction_source
+from graphc.kernels.cuda.linalg import matmul_source
+from graphc.kernels.cuda.reduce import reduction_source
+from graphc.ops import OPS
+from graphc.passes.fusion import Group, data_inputs, describe_group
+from graphc.passes.memory import MemoryPlan
 
 SIMULATOR_HINT = ("to run CUDA code without a GPU, use Numba's CUDA simulator: set "
                   "NUMBA_ENABLE_CUDASIM=1 in the environment before Python imports numba "
@@ -289,7 +289,7 @@ Instruction = (Loop | Matmul | View | Materialize | Dim | Index | Call | PhaseSw
 def _library_version() -> str:
     """Hash of the device scalar library generated kernels call (Numba's disk cache does
     not track callees, so a change to it must change every generated file)."""
-    import kernels.cuda.scalar as sc
+    import graphc.kernels.cuda.scalar as sc
 
     digest = hashlib.sha256()
     with open(sc.__file__, "rb") as f:

@@ -722,7 +722,7 @@ class CudaCompiledFunction(CompiledFunction):
 
     def _prepare_call(self, instr: Call, layout: Any, store: Any, launch: Any) -> None:
         """Convolution / pooling: parameters by name (kernels/cuda/conv.py)."""
-        from kernels.cuda import conv as conv_kernels
+        from graphc.kernels.cuda import conv as conv_kernels
 
         node = self.program.nodes[instr.node]
         values: dict[str, Any] = {}
