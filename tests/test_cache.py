@@ -16,10 +16,10 @@ import warnings
 
 import numpy as np
 import pytest
+from graphc.kernels.sealed import unseal
 
 from graphc import cli
 from graphc.codegen import cache
-from kernels.sealed import unseal
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -11,8 +11,7 @@ import subprocess
 import sys
 
 import pytest
-
-from kernels.sealed import MAGIC, seal, unseal
+from graphc.kernels.sealed import MAGIC, seal, unseal
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

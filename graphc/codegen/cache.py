@@ -39,7 +39,7 @@ import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from kernels.sealed import seal, unseal
+from graphc.kernels.sealed import seal, unseal
 
 _HEADER_TAG = "# graphc-source-sha256: "
 

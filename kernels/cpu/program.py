@@ -28,12 +28,11 @@ import pickle
 import tempfile
 from typing import Any
 
+from graphc.kernels.sealed import seal, unseal
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
-
-from kernels.sealed import seal, unseal
 
 #: The signature of every kernel of a program.
 KERNEL_SIGNATURE = types.int32(types.CPointer(types.int64))
