@@ -49,6 +49,30 @@ def test_a_non_finite_gradient_with_a_finite_loss_stops_before_the_update(target
         assert np.array_equal(value, before[name]), name
 
 
+def _gradient_in_the_update_group() -> tuple[gc.Graph, gc.Value]:
+    """A loss whose only gradient (2 w) is computed inside the group writing w's update:
+    no gradient group runs between the outputs and the updates."""
+    g = gc.Graph("cuda_update_only", dtype="float64", seed=0)
+    x = g.input("x", (None, 4))
+    w = g.param("w", np.linspace(-1.0, 1.0, 12).reshape(4, 3))
+    return g, gc.sum(x * x) + gc.sum(w * w)
+
+
+def test_updates_computing_their_own_gradient_run_after_the_outputs_and_reach_the_host(
+        ) -> None:
+    g, loss = _gradient_in_the_update_group()
+    w = g.param_values["w"].copy()
+    step = gc.compile(loss, optimizer=gc.optim.SGD(lr=0.1), target="cuda")
+    assert step(x=np.ones((2, 4))) == pytest.approx(8.0 + np.sum(w * w), rel=1e-12)
+    np.testing.assert_allclose(step.params["w"], 0.8 * w, rtol=1e-12)
+    x = np.ones((2, 4))
+    x[0, 0] = np.inf
+    with pytest.raises(gc.NonFiniteError):
+        step(x=x)
+    np.testing.assert_allclose(step.params["w"], 0.8 * w, rtol=1e-12)
+    assert step.state["step"] == 1
+
+
 def test_the_cuda_gradient_check_is_one_device_flag() -> None:
     _, loss, _ = _mlp()
     step = gc.compile(loss, optimizer=gc.optim.SGD(lr=0.1), target="cuda")

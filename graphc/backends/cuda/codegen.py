@@ -338,7 +338,9 @@ class CudaStepWriter:
     # -- whole program ------------------------------------------------------------------
     def write(self) -> str:
         """Generate everything; returns the launch listing (the step's `source`)."""
-        switch = next((k for k, g in enumerate(self.groups) if g.phase == 2),
+        # the outputs are complete before the first gradient or update group (an update
+        # group may compute its own gradient: then no gradient group comes first)
+        switch = next((k for k, g in enumerate(self.groups) if g.phase >= 2),
                       len(self.groups))
         updates = next((k for k, g in enumerate(self.groups) if g.phase == 3), None)
         for k, group in enumerate(self.groups):
