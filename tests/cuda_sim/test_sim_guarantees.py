@@ -96,6 +96,26 @@ def test_a_label_out_of_range_raises_before_the_update(bad: int) -> None:
         assert np.array_equal(value, before[name]), name
 
 
+@pytest.mark.parametrize("bad", [-5, 4])
+def test_a_value_index_outside_minus_n_to_n_raises_before_the_update(bad: int) -> None:
+    g = gc.Graph("cuda_gather", dtype="float64", seed=0)
+    i = g.input("i", (None,), dtype="int64")
+    w = g.param("w", np.arange(12, dtype=np.float64).reshape(4, 3))
+    loss, at = gc.sum(w[i] * w[i]), here()
+    step = gc.compile(loss, optimizer=gc.optim.SGD(lr=0.1), target="cuda")
+    before = step.params["w"].copy()
+    assert step(i=np.array([-1, 3, -4])) == pytest.approx(
+        float(np.sum(before[[3, 3, 0]] ** 2)))   # -1 is the last row, -4 the first
+    with pytest.raises(gc.IndexRangeError) as info:
+        step(i=np.array([0, bad]))
+    message = str(info.value)
+    assert f"index {bad} is out of range [-4, 4)" in message and at in message
+    expected = before.copy()
+    expected[3] -= 0.1 * 4.0 * before[3]
+    expected[0] -= 0.1 * 2.0 * before[0]
+    np.testing.assert_allclose(step.params["w"], expected, rtol=1e-15)
+
+
 def test_device_buffers_are_kept_for_a_bounded_number_of_feed_shapes(monkeypatch) -> None:
     monkeypatch.setenv("GRAPHC_MAX_SHAPES", "2")
     g = gc.Graph("cuda_shapes", seed=0)

@@ -29,6 +29,7 @@ from graphc.backends.cpu.loops import (
     AXIS_KERNEL_OPERANDS,
     FASTMATH,
     axis_kernel_body,
+    index_range_lines,
     is_literal,
     loop_body,
     loop_names,
@@ -739,8 +740,8 @@ def finite_check_source(dtype: str) -> str:
 
 def index_kernel_source(node: Node, graph: Graph, ranks: list[int]) -> str:
     """Gather (take) and scatter-add (take_grad) kernels for one rank combination; status 2
-    for an index outside [0, n) (negative ones do not wrap). Block: per operand its address
-    and sizes, then the output's.
+    for an index outside its range (index_range_lines). Block: per operand its address and
+    sizes, then the output's.
 
     Both loop over the gathered shape `x.shape[:axis] + idx.shape + x.shape[axis + 1:]`
     (take's output, take_grad's incoming gradient) and differ only in the last line.
@@ -779,7 +780,7 @@ def index_kernel_source(node: Node, graph: Graph, ranks: list[int]) -> str:
         last = f"out[{scattered}] += g[{gathered}]"
     loops = [(v, f"{driver}.shape[{k}]") for k, v in enumerate(outer + inner + rest)]
     inner_body = [f"t = idx[{', '.join(inner) if inner else '0'}]",
-                  "if t < 0 or t >= n:", "    return 2", last]
+                  *index_range_lines(node.attrs["wrap"], ["return 2"]), last]
     depth = 0
     for var, bound in loops:
         body.append("    " * depth + f"for {var} in range({bound}):")
