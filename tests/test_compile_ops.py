@@ -160,18 +160,21 @@ REDUCE = OpGroup(
 LINALG = OpGroup(
     inputs={"a": ((None, 4), None), "b": ((4, 3), None), "c": ((None, 2, 3), None),
             "d": ((None, 3, 2), None), "e": ((3, 5), None), "f": ((None, 1, 2, 3), None),
-            "h": ((4, 3, 2), None)},
+            "h": ((4, 3, 2), None), "q": ((None, 3, 2), None)},
     data=lambda rng, n: {"a": rng.standard_normal((n, 4)), "b": rng.standard_normal((4, 3)),
                          "c": rng.standard_normal((n, 2, 3)),
                          "d": rng.standard_normal((n, 3, 2)),
                          "e": rng.standard_normal((3, 5)),
                          "f": rng.standard_normal((n, 1, 2, 3)),
-                         "h": rng.standard_normal((4, 3, 2))},
+                         "h": rng.standard_normal((4, 3, 2)),
+                         # a run-time batch fed as 1: broadcast against c's
+                         "q": rng.standard_normal((1, 3, 2))},
     ops={
         "matmul_2d": lambda v: v.a @ v.b,
         "matmul_batched": lambda v: v.c @ v.d,
         "matmul_batched_by_2d": lambda v: v.c @ v.e,
         "matmul_batch_broadcast_4d": lambda v: v.f @ v.h,
+        "matmul_runtime_batch_of_1": lambda v: v.c @ gc.stop_gradient(v.q),
     },
 )
 

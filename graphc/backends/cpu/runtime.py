@@ -258,6 +258,10 @@ class _Resolver:
             self._address(*self.array(arg[1]), values, patches)
         elif kind == "strides":
             values.extend(int(s) for s in self.array(arg[1])[0].strides)
+        elif kind == "batch_strides":
+            array = self.array(arg[1])[0]
+            shape = tuple(self.shapes[arg[2]][:-2]) + array.shape[-2:]
+            values.extend(int(s) for s in np.broadcast_to(array, shape).strides)
         elif kind == "copy_args":
             src, src_feed = self.array(arg[1])
             dst, dst_feed = self.array(arg[2])
