@@ -21,8 +21,9 @@ class FeedError(GraphError):
 
 
 class IndexRangeError(GraphError, IndexError):
-    """An index (an embedding id, a class label) outside [0, size) at run time. Negative
-    indices do not wrap (numpy's take would wrap them; PyTorch raises, as graphc does)."""
+    """An index outside its range at run time: [-size, size) for indexing by a Value (a
+    negative index counts from the end, as in numpy), [0, size) for an embedding id or a
+    class label (a negative one raises, as in PyTorch)."""
 
 
 class NonFiniteError(FloatingPointError):

@@ -393,7 +393,7 @@ def embedding(ids: Value, num: int, dim: int, name: str | None = None, std: floa
     prefix = _prefix(ids, name, "embedding", share)
     table = _parameter(ids, f"{prefix}.w", (num, dim), graph.dtype,
                        lambda: graph.rng.normal(0.0, std, size=(num, dim)), share, "embedding")
-    return take(table, ids, axis=0)
+    return take(table, ids, axis=0, wrap=False)  # a negative id raises, as in PyTorch
 
 
 def embedding_logits(h: Value, name: str) -> Value:

@@ -160,18 +160,21 @@ REDUCE = OpGroup(
 LINALG = OpGroup(
     inputs={"a": ((None, 4), None), "b": ((4, 3), None), "c": ((None, 2, 3), None),
             "d": ((None, 3, 2), None), "e": ((3, 5), None), "f": ((None, 1, 2, 3), None),
-            "h": ((4, 3, 2), None)},
+            "h": ((4, 3, 2), None), "q": ((None, 3, 2), None)},
     data=lambda rng, n: {"a": rng.standard_normal((n, 4)), "b": rng.standard_normal((4, 3)),
                          "c": rng.standard_normal((n, 2, 3)),
                          "d": rng.standard_normal((n, 3, 2)),
                          "e": rng.standard_normal((3, 5)),
                          "f": rng.standard_normal((n, 1, 2, 3)),
-                         "h": rng.standard_normal((4, 3, 2))},
+                         "h": rng.standard_normal((4, 3, 2)),
+                         # a run-time batch fed as 1: broadcast against c's
+                         "q": rng.standard_normal((1, 3, 2))},
     ops={
         "matmul_2d": lambda v: v.a @ v.b,
         "matmul_batched": lambda v: v.c @ v.d,
         "matmul_batched_by_2d": lambda v: v.c @ v.e,
         "matmul_batch_broadcast_4d": lambda v: v.f @ v.h,
+        "matmul_runtime_batch_of_1": lambda v: v.c @ gc.stop_gradient(v.q),
     },
 )
 
@@ -201,10 +204,11 @@ VIEWS = OpGroup(
 
 INDEX = OpGroup(
     inputs={"x": ((None, 4), None), "emb": ((6, 3), None), "i": ((5,), "int64"),
-            "j": ((6,), "int64"), "k": ((2, 3), "int64"), "labels": ((None,), "int64")},
+            "j": ((6,), "int64"), "k": ((2, 3), "int64"), "labels": ((None,), "int64"),
+            "m": ((4,), "int32")},
     data=lambda rng, n: {
         "x": rng.standard_normal((n, 4)), "emb": rng.standard_normal((6, 3)),
-        "i": np.array([1, 0, 1, 1, 0]),
+        "i": np.array([1, 0, 1, 1, 0]), "m": np.array([-1, 3, -4, -1], dtype=np.int32),
         "j": np.array([3, 0, 2, 2, 1, 3]), "k": np.array([[5, 0, 5], [2, 2, 1]]),
         "labels": rng.integers(0, 4, size=n)},
     ops={
@@ -214,6 +218,9 @@ INDEX = OpGroup(
         "take_axis1_const_2d_indices": lambda v: gc.take(v.emb, [[2, 0], [1, 1]], axis=1),
         "getitem_value_index": lambda v: v.x[v.i] * 2.0,
         "take_const_indices": lambda v: gc.take(v.emb, [4, 4, 0], axis=0),
+        "take_axis1_negative": lambda v: gc.take(v.x, v.m, axis=1),
+        "take_negative_const_2d_indices": lambda v: gc.take(v.emb, [[-6, 5], [-1, -1]], axis=0),
+        "getitem_negative_value_index": lambda v: v.emb[v.m] * 2.0,
         "one_hot": lambda v: gc.one_hot(v.labels, 4, dtype=v.x.dtype) * v.x,
         "one_hot_int": lambda v: gc.one_hot(v.labels, 5, dtype="int32"),
     },

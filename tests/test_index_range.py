@@ -2,8 +2,10 @@
 user's line, from the interpreter and from compiled code alike; a batch of 0 rows is
 refused at the feed by a training step. (The CUDA target: tests/cuda_sim.)
 
-graphc follows PyTorch here, not numpy: `take` (and `embedding`) refuse a negative index
-where numpy would wrap, as torch.nn.functional.embedding and torch.index_select do."""
+Indexing by a Value (`x[i]`, `gc.take`) follows numpy, PyTorch and JAX: a negative index
+counts from the end, so indices lie in [-n, n); outside that they raise. Embedding ids and
+class labels stay in [0, n), as torch.nn.functional.embedding and cross_entropy require: a
+negative one raises."""
 
 from __future__ import annotations
 
@@ -106,3 +108,72 @@ def test_the_batch_sharded_step_reports_a_label_out_of_range_too(monkeypatch) ->
                        ) as info:
         step(x=X, y=np.array([0, 12, 1]))
     assert at in str(info.value) and step.state["step"] == 0
+
+
+def _gather(how: str):
+    g = gc.Graph("gather", dtype="float64", seed=0)
+    x = g.input("x", (None, 3))
+    i = g.input("i", (None,), dtype="int64")
+    w = g.param("w", np.arange(12, dtype=np.float64).reshape(4, 3) / 10.0)
+    if how == "getitem":
+        out, at = x[i] * w[i], here()
+    else:
+        out, at = gc.take(x, i, axis=0) * gc.take(w, i, axis=0), here()
+    return g, out, at
+
+
+ROWS = np.arange(12, dtype=np.float64).reshape(4, 3)
+
+
+@pytest.mark.parametrize("how", ["getitem", "take"])
+@pytest.mark.parametrize("shards", ["1", "2"])
+def test_negative_indices_count_from_the_end_as_in_numpy(how: str, shards: str,
+                                                         monkeypatch) -> None:
+    monkeypatch.setenv("GRAPHC_SHARDS", shards)
+    g, out, _ = _gather(how)
+    i = np.array([-1, 0, -4, 3, -2, 2, 1])
+    w = g.param_values["w"].copy()
+    want = ROWS[i] * w[i]
+    np.testing.assert_array_equal(gc.evaluate(out, {"x": ROWS, "i": i}), want)
+    (got,) = gc.compile([out])(x=ROWS, i=i)
+    np.testing.assert_array_equal(got, want)
+    # the gradient scatter-adds into the wrapped rows: -1 and 3 both reach row 3
+    dw = np.zeros_like(w)
+    np.add.at(dw, i, ROWS[i])
+    step = gc.compile(gc.sum(out), optimizer=gc.optim.SGD(lr=1.0))
+    step(x=ROWS, i=i)
+    np.testing.assert_allclose(g.param_values["w"], w - dw, rtol=1e-15)
+
+
+@pytest.mark.parametrize("bad", [-5, 4, 9])
+@pytest.mark.parametrize("how", ["interpreted", "compiled", "training"])
+def test_an_index_outside_minus_n_to_n_names_the_node_range_and_line(bad: int,
+                                                                      how: str) -> None:
+    g, out, at = _gather("getitem")
+    i = np.array([0, -1, bad])
+    with pytest.raises(gc.IndexRangeError) as info:
+        if how == "interpreted":
+            gc.evaluate(out, {"x": ROWS, "i": i})
+        elif how == "compiled":
+            gc.compile([out])(x=ROWS, i=i)
+        else:
+            w = g.param_values["w"].copy()
+            step = gc.compile(gc.sum(out), optimizer=gc.optim.SGD(lr=1.0))
+            try:
+                step(x=ROWS, i=i)
+            finally:
+                assert np.array_equal(g.param_values["w"], w)
+    message = str(info.value)
+    assert "take" in message and f"index {bad}" in message and "[-4, 4)" in message
+    assert at in message
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_an_ignored_negative_label_is_still_ignored(compiled: bool) -> None:
+    g = gc.Graph("ignored", dtype="float64", seed=0)
+    x = g.input("x", (None, 4))
+    y = g.input("y", (None,), dtype="int64")
+    loss = gc.softmax_cross_entropy(x, y, ignore_index=-1)
+    feeds = {"x": np.eye(3, 4), "y": np.array([1, -1, 3])}
+    got = gc.compile([loss])(**feeds)[0] if compiled else gc.evaluate(loss, feeds)
+    assert got[1] == 0.0 and got[0] > 0.0 and got[2] > 0.0

@@ -482,6 +482,13 @@ case("take_constant_indices", lambda a: gc.take(a, [1, 1, 0]),
      lambda a: np.stack([a[1], a[1], a[0]]), args(normal(3, 2)))
 case("getitem_value_index", lambda a, i: a[i], lambda a, i: np_take_along(a, i, 0),
      args(normal(4, 3), labels(6, classes=4)))
+# negative indices count from the end, as in numpy (-1 is the last row)
+case("take_negative_wraps", lambda a, i: gc.take(a, i, axis=0),
+     lambda a, i: np_take_along(a, i, 0), args(normal(5, 3), const_int([-1, 0, -5, 4, -1])))
+case("take_negative_axis1_2d_indices", lambda a, i: gc.take(a, i, axis=1),
+     lambda a, i: np_take_along(a, i, 1), args(normal(3, 5), const_int([[-1, 4], [-5, 0]])))
+case("getitem_negative_value_index", lambda a, i: a[i], lambda a, i: np_take_along(a, i, 0),
+     args(normal(4, 3), const_int([-1, -4, 2, -1], "int32")))
 case("one_hot", lambda y: gc.one_hot(y, 4), lambda y: np_one_hot(y, 4),
      args(labels(5, classes=4)))
 case("one_hot_int32_2d", lambda y: gc.one_hot(y, 3), lambda y: np_one_hot(y, 3),

@@ -461,24 +461,41 @@ def _descendants(graph: Graph, users: dict[int, list[int]], start: set[int]) -> 
     return seen
 
 
+def _values_read(graph: Graph, roots: list[int] | None = None) -> set[int]:
+    """`roots` (default the outputs and updates) and what they read through data operands
+    (not shape references)."""
+    seen: set[int] = set()
+    stack = list(graph.outputs) + [n for _, n in graph.updates] if roots is None \
+        else list(roots)
+    while stack:
+        n = stack.pop()
+        if n not in seen:
+            seen.add(n)
+            stack.extend(data_inputs(graph.nodes[n]))
+    return seen
+
+
 def check_fusion(graph: Graph, groups: list) -> None:
-    # partition of the compute nodes
+    # partition of the compute nodes whose values are read (a node used only for its
+    # shape is not run)
     owner: dict[int, int] = {}
     for k, group in enumerate(groups):
         assert group.nodes == sorted(group.nodes)
         for n in group.nodes:
             assert n not in owner, f"node {n} in two groups"
             owner[n] = k
-    assert set(owner) == {n.id for n in graph.nodes if n.op not in LEAVES}
+    read = _values_read(graph)
+    assert set(owner) == {n.id for n in graph.nodes if n.op not in LEAVES and n.id in read}
     users: dict[int, list[int]] = {n.id: [] for n in graph.nodes}
     for n in graph.nodes:
         for i in set(data_inputs(n)):
             users[i].append(n.id)
     for k, group in enumerate(groups):
         members = set(group.nodes)
-        # convex: nothing outside is both downstream and upstream of the group
+        # convex: nothing outside is both downstream and upstream of the group (through
+        # the values read: a shape reference orders nothing)
         down = _descendants(graph, users, members) - members
-        up = ancestors(graph, list(members)) - members
+        up = _values_read(graph, list(members)) - members
         assert not (down & up), f"group {k} ({group.kind}) is not convex: {sorted(down & up)}"
         # dependency order: every operand is a leaf, a member or made by an earlier group
         for n in group.nodes:
@@ -520,7 +537,9 @@ def test_loop_groups_share_one_iteration_shape(name: str) -> None:
 
 
 def ancestors_users(graph: Graph, nid: int) -> list[int]:
-    return [n.id for n in graph.nodes if nid in data_inputs(n)]
+    """The nodes that run and read `nid`'s value."""
+    read = _values_read(graph)
+    return [n.id for n in graph.nodes if nid in data_inputs(n) and n.id in read]
 
 
 def test_fusion_of_a_graph_whose_greedy_groups_once_formed_a_cycle() -> None:

@@ -109,7 +109,7 @@ def softmax_cross_entropy(logits: Value, labels: Value, label_smoothing: float =
     # the rows of an identity matrix: a label outside [0, classes) raises (as in PyTorch),
     # where comparing with arange(classes) would silently give a zero target
     eye = logits.graph.const(np.eye(classes, dtype=logits.dtype))
-    target = take(eye, labels, axis=0, what="softmax_cross_entropy label")
+    target = take(eye, labels, axis=0, what="softmax_cross_entropy label", wrap=False)
     if smoothing:
         target = target * (1.0 - smoothing) + smoothing / classes
     loss = lse - sum(logits * target, axis=-1)

@@ -301,8 +301,9 @@ def _as_int(v: Any) -> int | None:
 
 
 def getitem(x: Value, index: Any) -> Value:
-    """Basic indexing: ints, slices, None (new axis), Ellipsis; or one integer Value (take:
-    its entries must lie in [0, x.shape[0]), a negative one raises)."""
+    """Basic indexing: ints, slices, None (new axis), Ellipsis; or one integer Value (take
+    along axis 0: its entries lie in [-n, n) for n = x.shape[0], a negative one counts from
+    the end as in numpy)."""
     if isinstance(index, Value):
         return take(x, index, axis=0)
     items = list(index) if isinstance(index, tuple) else [index]
@@ -357,61 +358,68 @@ def getitem(x: Value, index: Any) -> Value:
 
 # -- gathers ---------------------------------------------------------------------------
 
-def _take_infer(nodes: list[Node], axis: int, what: str = "index") -> tuple:
+def _take_infer(nodes: list[Node], axis: int, what: str, wrap: bool) -> tuple:
     x, idx = nodes
     if idx.dtype not in ("int32", "int64", "int16", "int8", "uint8", "uint16", "uint32"):
         raise InferError(f"indices must be integers, got {idx.dtype}")
     return x.shape[:axis] + idx.shape + x.shape[axis + 1:], x.dtype
 
 
-def check_index_range(idx: np.ndarray, size: int, what: str = "index") -> None:
-    """IndexRangeError unless every entry of `idx` lies in [0, size) (no wrapping)."""
-    if idx.size == 0:
-        return
-    low, high = int(idx.min()), int(idx.max())
-    if low < 0 or high >= size:
-        bad = low if low < 0 else high
-        raise IndexRangeError(f"{what} {bad} is out of range [0, {size})")
+def check_index_range(idx: np.ndarray, size: int, what: str = "index",
+                      wrap: bool = False) -> np.ndarray:
+    """`idx` with negative entries counted from the end when `wrap`; IndexRangeError unless
+    every entry lies in [-size, size) (wrap) or [0, size) (not)."""
+    low_bound = -size if wrap else 0
+    if idx.size:
+        low, high = int(idx.min()), int(idx.max())
+        if low < low_bound or high >= size:
+            bad = low if low < low_bound else high
+            raise IndexRangeError(f"{what} {bad} is out of range [{low_bound}, {size})")
+    return np.where(idx < 0, idx + size, idx) if wrap else idx
 
 
-def _take_ref(x: np.ndarray, idx: np.ndarray, axis: int, what: str = "index") -> np.ndarray:
-    check_index_range(idx, x.shape[axis], what)
-    return np.take(x, idx, axis=axis)
+def _take_ref(x: np.ndarray, idx: np.ndarray, axis: int, what: str,
+              wrap: bool) -> np.ndarray:
+    return np.take(x, check_index_range(idx, x.shape[axis], what, wrap), axis=axis)
 
 
-def _take_grad_ref(g: np.ndarray, idx: np.ndarray, ref: np.ndarray, axis: int,
-                   what: str = "index") -> np.ndarray:
-    check_index_range(idx, ref.shape[axis], what)
+def _take_grad_ref(g: np.ndarray, idx: np.ndarray, ref: np.ndarray, axis: int, what: str,
+                   wrap: bool) -> np.ndarray:
+    rows = check_index_range(idx, ref.shape[axis], what, wrap)
     out = np.zeros(ref.shape, dtype=g.dtype)
-    np.add.at(out, (slice(None),) * axis + (idx,), g)
+    np.add.at(out, (slice(None),) * axis + (rows,), g)
     return out
 
 
-def _take_vjp(g: Value, out: Value, x: list[Value], needs: tuple, axis: int,
-              what: str = "index") -> tuple:
-    return (make("take_grad", [g, x[1], x[0]], axis=axis, what=what), None)
+def _take_vjp(g: Value, out: Value, x: list[Value], needs: tuple, axis: int, what: str,
+              wrap: bool) -> tuple:
+    return (make("take_grad", [g, x[1], x[0]], axis=axis, what=what, wrap=wrap), None)
 
 
-def _take_grad_vjp(g: Value, out: Value, x: list[Value], needs: tuple, axis: int,
-                   what: str = "index") -> tuple:
-    return (make("take", [g, x[1]], axis=axis, what=what), None, None)
+def _take_grad_vjp(g: Value, out: Value, x: list[Value], needs: tuple, axis: int, what: str,
+                   wrap: bool) -> tuple:
+    return (make("take", [g, x[1]], axis=axis, what=what, wrap=wrap), None, None)
 
 
 defop("take", "index", _take_infer, _take_ref, vjp=_take_vjp, arity=2)
-defop("take_grad", "index", lambda nodes, axis, what="index": (nodes[2].shape, nodes[0].dtype),
+defop("take_grad", "index",
+      lambda nodes, axis, what, wrap: (nodes[2].shape, nodes[0].dtype),
       _take_grad_ref, arity=3, vjp=_take_grad_vjp)
 
 
-def take(x: Value, indices: Value, axis: int = 0, *, what: str = "index") -> Value:
+def take(x: Value, indices: Any, axis: int = 0, *, what: str = "index",
+         wrap: bool = True) -> Value:
     """Gather entries of `x` along `axis` at integer `indices` (gradient: scatter-add).
 
-    Every index must lie in [0, x.shape[axis]): a negative one raises IndexRangeError, as
-    in PyTorch (numpy's take would wrap it). `what` names an index in that error (e.g.
-    "softmax_cross_entropy label")."""
+    As in numpy, an index lies in [-n, n) for n = x.shape[axis], a negative one counting
+    from the end; outside that range IndexRangeError names the node and its line.
+    `wrap=False` admits only [0, n) (a negative index raises, as PyTorch's embedding and
+    cross_entropy do). `what` names an index in that error (e.g. "softmax_cross_entropy
+    label")."""
     if not isinstance(indices, Value):
         indices = x.graph.const(np.asarray(indices, dtype=np.int64))
     (ax,) = normalize_axes(axis, x.ndim, "take", [x, indices])
-    return make("take", [x, indices], axis=ax, what=what)
+    return make("take", [x, indices], axis=ax, what=what, wrap=bool(wrap))
 
 
 # -- gathers along an axis (numpy's take_along_axis) ------------------------------------

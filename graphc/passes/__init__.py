@@ -29,7 +29,8 @@ def fusion(graph: Graph) -> Graph:
     """Annotate the graph with its fusion groups (`graph.groups`, in execution order).
 
     Invariant: nodes, outputs and updates are unchanged (the interpreter gives the same
-    results); every compute node belongs to exactly one group.
+    results); every compute node whose value the outputs or updates read belongs to
+    exactly one group (one used only for its shape to none).
     """
     out = graph.fork()
     out.groups = fuse(out)

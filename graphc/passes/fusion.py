@@ -64,12 +64,28 @@ class Group:
         return self.nodes[-1]
 
 
-def consumers_of(graph: Graph) -> dict[int, list[int]]:
+def consumers_of(graph: Graph, among: set[int] | None = None) -> dict[int, list[int]]:
+    """For every node, the nodes (of `among`, default all) that read its value."""
     users: dict[int, list[int]] = {n.id: [] for n in graph.nodes}
     for n in graph.nodes:
-        for i in set(data_inputs(n)):
-            users[i].append(n.id)
+        if among is None or n.id in among:
+            for i in set(data_inputs(n)):
+                users[i].append(n.id)
     return users
+
+
+def values_read(graph: Graph) -> set[int]:
+    """The outputs, the updates and every node whose value they read, through data operands
+    only: a node used only as a shape reference (`zeros_like(h)`, `broadcast_like(x, h)`)
+    is left out, its run-time shape follows from its operands' without running it."""
+    seen: set[int] = set()
+    stack = list(graph.outputs) + [nid for _, nid in graph.updates]
+    while stack:
+        nid = stack.pop()
+        if nid not in seen:
+            seen.add(nid)
+            stack.extend(data_inputs(graph.nodes[nid]))
+    return seen
 
 
 def iteration_shape(graph: Graph, node: Node) -> tuple:
@@ -79,8 +95,10 @@ def iteration_shape(graph: Graph, node: Node) -> tuple:
 
 
 def fuse(graph: Graph) -> list[Group]:
-    """Fusion groups of `graph` (outputs and updates set) in execution order."""
-    users = consumers_of(graph)
+    """Fusion groups of `graph` (outputs and updates set) in execution order. Nodes whose
+    values nothing reads (shape references only) get no group: they never run."""
+    read = values_read(graph)
+    users = consumers_of(graph, read)
     out_needed = ancestors(graph, graph.outputs)
     phase = {n.id: 1 if n.id in out_needed else 2 for n in graph.nodes}
     group_of: dict[int, Group] = {}
@@ -108,8 +126,8 @@ def fuse(graph: Graph) -> list[Group]:
         return False
 
     for node in reversed(graph.nodes):
-        if node.op in LEAVES or node.op == "scan_out":   # a scan_out joins its scan's group
-            continue
+        if node.op in LEAVES or node.op == "scan_out" or node.id not in read:
+            continue   # a scan_out joins its scan's group
         if node.op == "scan":
             group = Group("scan", [node.id] + users[node.id], phase[node.id])
             for member in group.nodes:

@@ -4,8 +4,9 @@ Every array is a flat 1-D buffer read through an offset and per-axis strides (in
 elements), so views (slices, transposes, broadcasts) are read in place. All kernels are
 grid-stride loops over their output, one thread per output element, and deterministic:
 
-- take: out[p, j, q] = x[p, idx[j], q]; an index outside [0, n) (negative ones do not
-  wrap) sets err[0] = 1 (the runtime raises IndexRangeError) and writes 0.
+- take: out[p, j, q] = x[p, idx[j], q]; an index outside [-n, n) (a negative one counts
+  from the end), or outside [0, n) without `wrap`, sets err[0] = 1 (the runtime raises
+  IndexRangeError) and writes 0.
 - take_grad (scatter-add): out[p, r, q] = sum over j in order of g[p, j, q] where idx[j]
   == r. Each output element is owned by one thread that walks the indices in order: no
   atomics, the same summation order as the CPU kernel, so the result does not depend on
@@ -33,8 +34,16 @@ def _def(params: list[Param]) -> list[str]:
     return [DECORATOR, f"def kernel({', '.join(name for _, name in params)}):"]
 
 
+def _read_index(at: str, wrap: bool, indent: str) -> list[str]:
+    """`v` = the index at `at`, a negative one counted from the end (`wrap`)."""
+    lines = [f"{indent}v = np.int64(idx[{at}])"]
+    if wrap:
+        lines += [f"{indent}if v < 0:", f"{indent}    v += n"]
+    return lines
+
+
 def take_source(x_rank: int, axis: int, idx_rank: int, x_dtype: str,
-                idx_dtype: str) -> tuple[str, list[Param]]:
+                idx_dtype: str, wrap: bool) -> tuple[str, list[Param]]:
     """Gather along `axis` of an `x_rank`-D x with an `idx_rank`-D index array."""
     post = x_rank - axis - 1
     pre = [f"p{a}" for a in range(axis)]
@@ -50,8 +59,8 @@ def take_source(x_rank: int, axis: int, idx_rank: int, x_dtype: str,
     params += [(x_dtype, "out"), ("int32", "err")]
     lines = _def(params) + [f"    total = {product(sizes)}", _LOOP]
     lines += unravel("t", out_names, sizes, " " * 8)
-    lines += [f"        v = np.int64(idx[{strided('io', inner, iss)}])",
-              "        if v < 0 or v >= n:",
+    lines += _read_index(strided('io', inner, iss), wrap, " " * 8)
+    lines += ["        if v < 0 or v >= n:",
               "            err[0] = 1",
               "            out[t] = 0",
               "        else:",
@@ -60,7 +69,7 @@ def take_source(x_rank: int, axis: int, idx_rank: int, x_dtype: str,
 
 
 def take_grad_source(ref_rank: int, axis: int, idx_rank: int, dtype: str,
-                     idx_dtype: str) -> tuple[str, list[Param]]:
+                     idx_dtype: str, wrap: bool) -> tuple[str, list[Param]]:
     """Scatter-add of g (rank axis + idx_rank + post) into a dense `ref_rank`-D output."""
     post = ref_rank - axis - 1
     pre = [f"p{a}" for a in range(axis)]
@@ -81,8 +90,8 @@ def take_grad_source(ref_rank: int, axis: int, idx_rank: int, dtype: str,
     lines += [f"        acc = {CTOR[dtype]}(0)",
               "        for u in range(nidx):"]
     lines += unravel("u", inner, isizes, " " * 12)
-    lines += [f"            v = np.int64(idx[{strided('io', inner, iss)}])",
-              "            if v < 0 or v >= n:",
+    lines += _read_index(strided('io', inner, iss), wrap, " " * 12)
+    lines += ["            if v < 0 or v >= n:",
               "                err[0] = 1",
               "            elif v == row:",
               f"                acc += g[{strided('go', pre + inner + rest, gs)}]",
@@ -126,10 +135,8 @@ def take_along_source(rank: int, axis: int, x_dtype: str,
     params += [(x_dtype, "out"), ("int32", "err")]
     lines = _def(params) + [f"    total = {product(sizes)}", _LOOP]
     lines += unravel("t", names, sizes, " " * 8)
-    lines += [f"        v = np.int64(idx[{strided('io', names, iss)}])",
-              "        if v < 0:",
-              "            v += n",
-              "        if v < 0 or v >= n:",
+    lines += _read_index(strided('io', names, iss), True, " " * 8)
+    lines += ["        if v < 0 or v >= n:",
               "            err[0] = 1",
               "            out[t] = 0",
               "        else:",
@@ -153,11 +160,9 @@ def take_along_grad_source(rank: int, axis: int, dtype: str,
     lines = _def(params) + [f"    total = {product(sizes)}", f"    n = d{axis}", _LOOP]
     lines += unravel("t", names, sizes, " " * 8)
     lines += [f"        acc = {CTOR[dtype]}(0)",
-              "        for u in range(m):",
-              f"            v = np.int64(idx[{strided('io', walked, iss)}])",
-              "            if v < 0:",
-              "                v += n",
-              "            if v < 0 or v >= n:",
+              "        for u in range(m):"]
+    lines += _read_index(strided('io', walked, iss), True, " " * 12)
+    lines += ["            if v < 0 or v >= n:",
               "                err[0] = 1",
               f"            elif v == i{axis}:",
               f"                acc += g[{strided('go', walked, gs)}]",

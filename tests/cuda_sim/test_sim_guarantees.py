@@ -49,6 +49,30 @@ def test_a_non_finite_gradient_with_a_finite_loss_stops_before_the_update(target
         assert np.array_equal(value, before[name]), name
 
 
+def _gradient_in_the_update_group() -> tuple[gc.Graph, gc.Value]:
+    """A loss whose only gradient (2 w) is computed inside the group writing w's update:
+    no gradient group runs between the outputs and the updates."""
+    g = gc.Graph("cuda_update_only", dtype="float64", seed=0)
+    x = g.input("x", (None, 4))
+    w = g.param("w", np.linspace(-1.0, 1.0, 12).reshape(4, 3))
+    return g, gc.sum(x * x) + gc.sum(w * w)
+
+
+def test_updates_computing_their_own_gradient_run_after_the_outputs_and_reach_the_host(
+        ) -> None:
+    g, loss = _gradient_in_the_update_group()
+    w = g.param_values["w"].copy()
+    step = gc.compile(loss, optimizer=gc.optim.SGD(lr=0.1), target="cuda")
+    assert step(x=np.ones((2, 4))) == pytest.approx(8.0 + np.sum(w * w), rel=1e-12)
+    np.testing.assert_allclose(step.params["w"], 0.8 * w, rtol=1e-12)
+    x = np.ones((2, 4))
+    x[0, 0] = np.inf
+    with pytest.raises(gc.NonFiniteError):
+        step(x=x)
+    np.testing.assert_allclose(step.params["w"], 0.8 * w, rtol=1e-12)
+    assert step.state["step"] == 1
+
+
 def test_the_cuda_gradient_check_is_one_device_flag() -> None:
     _, loss, _ = _mlp()
     step = gc.compile(loss, optimizer=gc.optim.SGD(lr=0.1), target="cuda")
@@ -70,6 +94,26 @@ def test_a_label_out_of_range_raises_before_the_update(bad: int) -> None:
     assert "test_sim_guarantees.py" in message and "left unchanged" in message
     for name, value in step.params.items():
         assert np.array_equal(value, before[name]), name
+
+
+@pytest.mark.parametrize("bad", [-5, 4])
+def test_a_value_index_outside_minus_n_to_n_raises_before_the_update(bad: int) -> None:
+    g = gc.Graph("cuda_gather", dtype="float64", seed=0)
+    i = g.input("i", (None,), dtype="int64")
+    w = g.param("w", np.arange(12, dtype=np.float64).reshape(4, 3))
+    loss, at = gc.sum(w[i] * w[i]), here()
+    step = gc.compile(loss, optimizer=gc.optim.SGD(lr=0.1), target="cuda")
+    before = step.params["w"].copy()
+    assert step(i=np.array([-1, 3, -4])) == pytest.approx(
+        float(np.sum(before[[3, 3, 0]] ** 2)))   # -1 is the last row, -4 the first
+    with pytest.raises(gc.IndexRangeError) as info:
+        step(i=np.array([0, bad]))
+    message = str(info.value)
+    assert f"index {bad} is out of range [-4, 4)" in message and at in message
+    expected = before.copy()
+    expected[3] -= 0.1 * 4.0 * before[3]
+    expected[0] -= 0.1 * 2.0 * before[0]
+    np.testing.assert_allclose(step.params["w"], expected, rtol=1e-15)
 
 
 def test_device_buffers_are_kept_for_a_bounded_number_of_feed_shapes(monkeypatch) -> None:

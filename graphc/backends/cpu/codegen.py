@@ -29,6 +29,7 @@ from graphc.backends.cpu.loops import (
     AXIS_KERNEL_OPERANDS,
     FASTMATH,
     axis_kernel_body,
+    index_range_lines,
     is_literal,
     loop_body,
     loop_names,
@@ -83,7 +84,9 @@ Ref = tuple
 class Instruction:
     """One call in the program: kernel `kernel` on a block of `args` entries:
     ("int", v), ("size", nid, axis), ("count", nid), ("batch", nid, axes) (product of those
-    run-time sizes), ("addr", ref), ("strides", ref) (one entry per axis, in bytes)."""
+    run-time sizes), ("addr", ref), ("strides", ref) (one entry per axis, in bytes),
+    ("batch_strides", ref, nid) (the strides of ref broadcast to the batch axes of the
+    product nid: 0 on an axis of size 1 that broadcasts at run time)."""
 
     kernel: Kernel
     args: list[tuple]
@@ -296,14 +299,23 @@ class ProgramWriter:
         "n"/"t" (entries: address, byte strides of every axis) for a transposed view of a
         contiguous array whose last axis stays one of the matrix axes (attention heads
         split off a (batch, time, features) array): BLAS reads it in place, with the
-        view's row stride as leading dimension and its batch strides (at most 2)."""
+        view's row stride as leading dimension and its batch strides (at most 2).
+
+        A batch axis whose size both operands know only at run time may be 1 in one of them
+        then (numpy broadcasts it): such an operand is read through the strides of its
+        broadcast to the product's batch ("batch_strides", 0 on a broadcast axis), or,
+        with more than 2 batch axes, copied broadcast."""
         node = self.graph.nodes[operand]
         rank = len(node.shape)
         batch = product.shape[:-2]
         if rank == 2 or all(d == 1 for d in node.shape[:-2]):
             batched = 0
-        elif node.shape[:-2] == batch:
+        elif node.shape[:-2] == batch and not self.may_broadcast(node, product):
             batched = 1
+        elif node.shape[:-2] == batch and rank <= 4:
+            layout = self.strided_layout(operand)
+            ref = self.ref(operand) if layout is not None else self.contiguous_ref(operand)
+            return [("addr", ref), ("batch_strides", ref, product.id)], f"{layout or 'n'}{rank}"
         else:
             ref = self.copy_of(operand, ("bcast", operand, product.id))
             return [("addr", ref), ("int", 1), ("int", ord("n")),
@@ -320,6 +332,19 @@ class ProgramWriter:
                 f"{layout}{rank}"
         return [("addr", self.contiguous_ref(operand)), ("int", batched), ("int", ord("n")),
                 ("size", operand, rank - 1)], 0
+
+    def may_broadcast(self, operand: Node, product: Node) -> bool:
+        """Whether a batch axis of `operand` (of the product's rank) may be 1 at run time
+        where the product's is not: both operands' sizes there are known only at run
+        time."""
+        other = next(self.graph.nodes[i] for i in product.inputs if i != operand.id) \
+            if product.inputs[0] != product.inputs[1] else operand
+        lead = len(product.shape) - len(other.shape)
+        for axis, size in enumerate(operand.shape[:-2]):
+            theirs = other.shape[axis - lead] if axis >= lead else 1
+            if size is None and theirs != 1:
+                return True
+        return False
 
     def strided_layout(self, nid: int) -> str | None:
         """"n" or "t" if `nid` is transposes (views) of a contiguous array whose last axis
@@ -739,8 +764,8 @@ def finite_check_source(dtype: str) -> str:
 
 def index_kernel_source(node: Node, graph: Graph, ranks: list[int]) -> str:
     """Gather (take) and scatter-add (take_grad) kernels for one rank combination; status 2
-    for an index outside [0, n) (negative ones do not wrap). Block: per operand its address
-    and sizes, then the output's.
+    for an index outside its range (index_range_lines). Block: per operand its address and
+    sizes, then the output's.
 
     Both loop over the gathered shape `x.shape[:axis] + idx.shape + x.shape[axis + 1:]`
     (take's output, take_grad's incoming gradient) and differ only in the last line.
@@ -779,7 +804,7 @@ def index_kernel_source(node: Node, graph: Graph, ranks: list[int]) -> str:
         last = f"out[{scattered}] += g[{gathered}]"
     loops = [(v, f"{driver}.shape[{k}]") for k, v in enumerate(outer + inner + rest)]
     inner_body = [f"t = idx[{', '.join(inner) if inner else '0'}]",
-                  "if t < 0 or t >= n:", "    return 2", last]
+                  *index_range_lines(node.attrs["wrap"], ["return 2"]), last]
     depth = 0
     for var, bound in loops:
         body.append("    " * depth + f"for {var} in range({bound}):")

@@ -18,6 +18,7 @@ from graphc.backends.cpu.loops import (
     AXIS_KERNEL_OPERANDS,
     FASTMATH,
     axis_kernel_body,
+    index_range_lines,
     loop_body,
     loop_names,
     nest,
@@ -601,8 +602,9 @@ def loop_kernel_source(graph: Graph, group: Group, in_place: dict[int, int] | No
 
 def index_kernel_source(node: Node, graph: Graph) -> str:
     """Gather and scatter-add kernels (take, take_grad, take_along_axis(_grad)) and running
-    sums (cumsum) for one rank combination. An index outside [0, n) sets status[0] = 2 (an
-    exception would be lost in a parallel region) and the step returns before its updates.
+    sums (cumsum) for one rank combination. An index outside its range (index_range_lines)
+    sets status[0] = 2 (an exception would be lost in a parallel region) and the step returns
+    before its updates.
 
     Both loop over the gathered shape `x.shape[:axis] + idx.shape + x.shape[axis + 1:]`
     (take's output, take_grad's incoming gradient) and differ only in the last line.
@@ -632,7 +634,7 @@ def index_kernel_source(node: Node, graph: Graph) -> str:
         last = f"out[{scattered}] += g[{gathered}]"
     loops = [(v, f"{driver}.shape[{k}]") for k, v in enumerate(outer + inner + rest)]
     body = [f"t = idx[{', '.join(inner) if inner else '0'}]",
-            "if t < 0 or t >= n:", "    status[0] = 2", "    return", last]
+            *index_range_lines(node.attrs["wrap"], ["status[0] = 2", "return"]), last]
     lines = [KERNEL_DECORATOR, f"def kernel({params}):"] + ["    " + p for p in pre_lines]
     depth = 1
     for var, bound in loops:

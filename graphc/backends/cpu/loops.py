@@ -128,6 +128,14 @@ AXIS_KERNEL_OPERANDS = {"cumsum": ("x",), "take_along_axis": ("x", "idx"),
                         "take_along_axis_grad": ("g", "idx")}
 
 
+def index_range_lines(wrap: bool, error: list[str]) -> list[str]:
+    """Lines checking the index `t` against the axis length `n`, running `error` outside
+    [-n, n) with `wrap` (a negative `t` then counts from the end, as in numpy) or outside
+    [0, n) without."""
+    lines = ["if t < 0:", "    t += n"] if wrap else []
+    return lines + ["if t < 0 or t >= n:"] + ["    " + e for e in error]
+
+
 def axis_kernel_body(op: str, axis: int, rank: int, error: str) -> list[str]:
     """Loop nest of a running sum or a gather/scatter-add along `axis` over C-contiguous
     `rank`-D arrays named as in AXIS_KERNEL_OPERANDS and `out`; `error` is the statement an
@@ -145,8 +153,7 @@ def axis_kernel_body(op: str, axis: int, rank: int, error: str) -> list[str]:
         body = [f"if i{axis} == 0:", f"    out[{at}] = x[{at}]", "else:",
                 f"    out[{at}] = out[{prev}] + x[{at}]"]
         return _loops("out", rank, body)
-    wrap = [f"t = idx[{at}]", "if t < 0:", "    t += n", "if t < 0 or t >= n:",
-            "    " + error]
+    wrap = [f"t = idx[{at}]", *index_range_lines(True, [error])]
     if op == "take_along_axis":
         return [f"n = x.shape[{axis}]"] + _loops("out", rank, wrap + [
             f"out[{at}] = x[{picked}]"])

@@ -105,6 +105,20 @@ class ProgramFunction(CompiledFunction):
         return plan
 
 
+def _batch_strides(array: np.ndarray, product: tuple) -> list[int]:
+    """Byte strides of a matrix product's operand broadcast to the product's batch axes
+    (0 on an axis of size 1 that broadcasts). A matrix axis of size 1 gets the stride it
+    would have in a contiguous array (as stored, or stored transposed): its own stride is
+    arbitrary there, and BLAS checks the leading dimension taken from it."""
+    strides = list(np.broadcast_to(array, tuple(product[:-2]) + array.shape[-2:]).strides)
+    rows, cols = array.shape[-2:]
+    if rows == 1:
+        strides[-2] = max(cols, 1) * array.itemsize
+    if cols == 1:
+        strides[-1] = max(rows, 1) * array.itemsize
+    return [int(s) for s in strides]
+
+
 def build_plan(program: Graph, code: Program, shapes: dict[int, tuple],
                hyper: dict[str, np.ndarray], addresses: dict[str, int]) -> _Plan:
     """The filled program `code` of `program` for the run-time `shapes` (a scan's body
@@ -258,6 +272,8 @@ class _Resolver:
             self._address(*self.array(arg[1]), values, patches)
         elif kind == "strides":
             values.extend(int(s) for s in self.array(arg[1])[0].strides)
+        elif kind == "batch_strides":
+            values.extend(_batch_strides(self.array(arg[1])[0], self.shapes[arg[2]]))
         elif kind == "copy_args":
             src, src_feed = self.array(arg[1])
             dst, dst_feed = self.array(arg[2])

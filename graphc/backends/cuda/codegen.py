@@ -338,7 +338,9 @@ class CudaStepWriter:
     # -- whole program ------------------------------------------------------------------
     def write(self) -> str:
         """Generate everything; returns the launch listing (the step's `source`)."""
-        switch = next((k for k, g in enumerate(self.groups) if g.phase == 2),
+        # the outputs are complete before the first gradient or update group (an update
+        # group may compute its own gradient: then no gradient group comes first)
+        switch = next((k for k, g in enumerate(self.groups) if g.phase >= 2),
                       len(self.groups))
         updates = next((k for k, g in enumerate(self.groups) if g.phase == 3), None)
         for k, group in enumerate(self.groups):
@@ -519,13 +521,15 @@ class CudaStepWriter:
         elif node.op == "take":
             x, idx = (self.graph.nodes[i] for i in node.inputs)
             kernel = self.helper("take", *take_source(len(x.shape), node.attrs["axis"],
-                                                      len(idx.shape), x.dtype, idx.dtype),
+                                                      len(idx.shape), x.dtype, idx.dtype,
+                                                      node.attrs["wrap"]),
                                  node=node.id)
             self.instructions.append(Index("take", kernel, node.id))
         elif node.op == "take_grad":
             g, idx, ref = (self.graph.nodes[i] for i in node.inputs)
             kernel = self.helper("take_grad", *take_grad_source(
-                len(ref.shape), node.attrs["axis"], len(idx.shape), g.dtype, idx.dtype),
+                len(ref.shape), node.attrs["axis"], len(idx.shape), g.dtype, idx.dtype,
+                node.attrs["wrap"]),
                 node=node.id)
             self.instructions.append(Index("take_grad", kernel, node.id))
         elif node.op == "cumsum":
