@@ -61,9 +61,9 @@ def _pad(x, n0, nb, ph, pw, xp):  # type: ignore[no-untyped-def]
         for c in range(C):
             for y in range(H):
                 src = x[n0 + s, c, y]
-                dst = xp[s, c, y + ph]
+                dst = xp[s, c, y + ph, pw:pw + W]
                 for j in range(W):
-                    dst[j + pw] = src[j]
+                    dst[j] = src[j]
 
 
 @njit(cache=True, nogil=True)
@@ -80,14 +80,16 @@ def _im2col(xp, nb, col, kh, kw, sh, sw, ho, wo):  # type: ignore[no-untyped-def
                 dst = col[(c * kh + a) * kw + b]
                 for s in range(nb):
                     for i in range(ho):
-                        src = xp[s, c, i * sh + a]
                         at = s * P + i * wo
+                        out = dst[at:at + wo]
                         if sw == 1:
+                            src = xp[s, c, i * sh + a, b:b + wo]
                             for j in range(wo):
-                                dst[at + j] = src[j + b]
+                                out[j] = src[j]
                         else:
+                            src = xp[s, c, i * sh + a]
                             for j in range(wo):
-                                dst[at + j] = src[j * sw + b]
+                                out[j] = src[j * sw + b]
 
 
 @njit(cache=True, nogil=True)
@@ -102,14 +104,16 @@ def _col2im(col, nb, dxp, kh, kw, sh, sw, ho, wo):  # type: ignore[no-untyped-de
                 src = col[(c * kh + a) * kw + b]
                 for s in range(nb):
                     for i in range(ho):
-                        dst = dxp[s, c, i * sh + a]
                         at = s * P + i * wo
+                        part = src[at:at + wo]
                         if sw == 1:
+                            dst = dxp[s, c, i * sh + a, b:b + wo]
                             for j in range(wo):
-                                dst[j + b] += src[at + j]
+                                dst[j] += part[j]
                         else:
+                            dst = dxp[s, c, i * sh + a]
                             for j in range(wo):
-                                dst[j * sw + b] += src[at + j]
+                                dst[j * sw + b] += part[j]
 
 
 @njit(cache=True, nogil=True)
@@ -139,8 +143,10 @@ def conv2d_forward(x, w, out, sh, sw, ph, pw):  # type: ignore[no-untyped-def]
         for s in range(nb):
             for o in range(Oc):
                 at = ((n0 + s) * Oc + o) * P
+                dst = flat[at:at + P]
+                src = res[o, s * P:(s + 1) * P]
                 for p in range(P):
-                    flat[at + p] = res[o, s * P + p]
+                    dst[p] = src[p]
 
 
 @njit(cache=True, nogil=True)
@@ -152,8 +158,10 @@ def _gather_g(g, n0, nb, gm):  # type: ignore[no-untyped-def]
     for o in range(Oc):
         for s in range(nb):
             at = ((n0 + s) * Oc + o) * P
+            src = flat[at:at + P]
+            dst = gm[o, s * P:(s + 1) * P]
             for p in range(P):
-                gm[o, s * P + p] = flat[at + p]
+                dst[p] = src[p]
 
 
 @njit(cache=True, nogil=True)
@@ -188,10 +196,10 @@ def conv2d_grad_input(g, w, dx, sh, sw, ph, pw):  # type: ignore[no-untyped-def]
         for s in range(nb):
             for c in range(C):
                 for y in range(H):
-                    src = dxp[s, c, y + ph]
+                    src = dxp[s, c, y + ph, pw:pw + W]
                     dst = dx[n0 + s, c, y]
                     for j in range(W):
-                        dst[j] = src[j + pw]
+                        dst[j] = src[j]
 
 
 @njit(cache=True, nogil=True)
