@@ -374,6 +374,29 @@ def test_max_pool_ties_go_to_the_first_maximum_and_nan_propagates() -> None:
         np.testing.assert_array_equal(got_dx, [[[[0, 1, 0, 0], [0, 0, 0, 0]]]])
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kernel, stride", [(2, 2), (3, 2)])
+def test_max_pool_gradient_goes_to_the_first_nan_or_first_maximum(kernel: int, stride: int,
+                                                                   dtype: str) -> None:
+    """Windows with ties and with NaNs anywhere in them (not only first): the compiled
+    gradient lands where np.argmax points (the first NaN, else the first maximum), in the
+    2x2 kernel and the general one, and rows and columns no window covers get zeros."""
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 3, size=(2, 3, 7, 9)).astype(dtype)
+    data[rng.random(data.shape) < 0.15] = np.nan
+    weights = rng.standard_normal((2, 3, (7 - kernel) // stride + 1,
+                                   (9 - kernel) // stride + 1)).astype(dtype)
+    g = gc.Graph(dtype=dtype)
+    x = g.input("x", data.shape)
+    out = gc.nn.max_pool2d(x, kernel, stride)
+    dx = gc.grad(gc.sum(out * weights), x)
+    got_out, got_dx = gc.compile([out, dx])(x=data)
+    want_out, want_dx = gc.evaluate([out, dx], {"x": data})
+    assert np.isnan(want_out).any() and (want_dx == 0).any()
+    np.testing.assert_array_equal(got_out, want_out)
+    np.testing.assert_array_equal(got_dx, want_dx)
+
+
 def test_conv_shape_errors_name_the_op_and_operands() -> None:
     g = gc.Graph()
     x = g.input("x", (None, 3, 8, 8))
