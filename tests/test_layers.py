@@ -362,6 +362,30 @@ def test_compiled_matches_interpreter(k: int, dtype: str) -> None:
                 assert_close(got[i], want[i], dtype, f"d/d{name} batch {n}")
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("x_shape, w_shape, stride", [
+    ((5, 8, 20, 20), (16, 8, 3, 3), 1),    # 2 samples per chunk: chunks of 2, 2, 1
+    ((3, 16, 16, 16), (32, 16, 3, 3), 1),  # one sample per chunk
+    ((5, 8, 20, 20), (16, 8, 3, 3), 2),    # every sample in one chunk
+], ids=["chunks_2_2_1", "per_sample", "one_chunk"])
+def test_compiled_conv_in_chunks_of_samples(x_shape: tuple, w_shape: tuple, stride: int,
+                                            dtype: str) -> None:
+    """Batches the kernels split into chunks of samples (one product per chunk; a lone
+    sample's product writes straight into the output and the weight gradient sums over
+    chunks): forward and both gradients, compiled against the interpreter."""
+    rng = np.random.default_rng(5)
+    g = gc.Graph(dtype=dtype)
+    x, w = g.input("x", (None,) + x_shape[1:]), g.input("w", w_shape)
+    y = cv.conv2d(x, w, stride=stride, padding=1)
+    weights = g.const(rng.standard_normal((x_shape[0],) + tuple(y.shape[1:])).astype(dtype))
+    outs = [y, *gc.grad(gc.sum(y * weights), [x, w])]
+    feeds = {"x": rng.standard_normal(x_shape).astype(dtype),
+             "w": rng.standard_normal(w_shape).astype(dtype)}
+    for got, want, what in zip(gc.compile(outs)(**feeds), gc.evaluate(outs, feeds),
+                               ("conv2d", "d/dx", "d/dw")):
+        assert_close(got, want, dtype, what)
+
+
 def test_max_pool_ties_go_to_the_first_maximum_and_nan_propagates() -> None:
     g = gc.Graph(dtype="float32")
     x = g.input("x", (1, 1, 2, 4))
