@@ -140,9 +140,52 @@ def _im2col(xp, nb, col, kh, kw, sh, sw, ho, wo):  # type: ignore[no-untyped-def
 
 
 @njit(cache=True, nogil=True)
+def _col2im_shifted(col, nb, dxp, kh, kw, ho, wo):  # type: ignore[no-untyped-def]
+    """_col2im for stride 1, the adjoint of _im2col_shifted: from the last row back, each
+    row's entries that _im2col_shifted read from xp go to dxp, the rest is added to the row
+    it was copied from (long contiguous adds; 0.50 -> 0.33 ms for 64x16x14x14, 3x3).
+    Overwrites `col`."""
+    C = dxp.shape[1]
+    P = ho * wo
+    zero = col.dtype.type(0)
+    for c in range(C):
+        for s in range(nb):
+            d2 = dxp[s, c]
+            for a in range(kh - 1, -1, -1):
+                for b in range(kw - 1, -1, -1):
+                    r = (c * kh + a) * kw + b
+                    g = col[r, s * P:(s + 1) * P]
+                    if b > 0:
+                        for i in range(ho):
+                            q = i * wo + wo - 1
+                            d2[i + a, b + wo - 1] += g[q]
+                            g[q] = zero
+                        src = g[:P - 1]
+                        prev = col[r - 1, s * P + 1:(s + 1) * P]
+                        for q in range(P - 1):
+                            prev[q] += src[q]
+                        continue
+                    first = 0
+                    if a > 0:
+                        first = ho - 1
+                        src = g[:P - wo]
+                        prev = col[r - kw, s * P + wo:(s + 1) * P]
+                        for q in range(P - wo):
+                            prev[q] += src[q]
+                    for i in range(first, ho):
+                        part = g[i * wo:(i + 1) * wo]
+                        dst = d2[i + a, 0:wo]
+                        for j in range(wo):
+                            dst[j] += part[j]
+
+
+@njit(cache=True, nogil=True)
 def _col2im(col, nb, dxp, kh, kw, sh, sw, ho, wo):  # type: ignore[no-untyped-def]
     """dxp[s, c, i*sh + a, j*sw + b] += col[(c, a, b), (s, i, j)]: the adjoint of _im2col
-    (dxp zeroed by the caller)."""
+    (dxp zeroed by the caller; at stride 1, `col` is overwritten)."""
+    if sh == 1 and sw == 1:
+        _col2im_shifted(col, nb, dxp, kh, kw, ho, wo)
+        return
     C = dxp.shape[1]
     P = ho * wo
     for c in range(C):
