@@ -364,10 +364,11 @@ def test_compiled_matches_interpreter(k: int, dtype: str) -> None:
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("x_shape, w_shape, stride", [
-    ((5, 8, 20, 20), (16, 8, 3, 3), 1),    # 2 samples per chunk: chunks of 2, 2, 1
+    ((5, 9, 18, 18), (16, 9, 3, 3), 1),    # 2 samples per chunk: chunks of 2, 2, 1
     ((3, 16, 16, 16), (32, 16, 3, 3), 1),  # one sample per chunk
+    ((3, 1, 40, 40), (16, 1, 3, 3), 1),    # chunks of 2, 1; a small weight
     ((5, 8, 20, 20), (16, 8, 3, 3), 2),    # every sample in one chunk
-], ids=["chunks_2_2_1", "per_sample", "one_chunk"])
+], ids=["chunks_2_2_1", "per_sample", "small_weight", "one_chunk"])
 def test_compiled_conv_in_chunks_of_samples(x_shape: tuple, w_shape: tuple, stride: int,
                                             dtype: str) -> None:
     """Batches the kernels split into chunks of samples (one product per chunk; a lone
