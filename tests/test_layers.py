@@ -362,6 +362,31 @@ def test_compiled_matches_interpreter(k: int, dtype: str) -> None:
                 assert_close(got[i], want[i], dtype, f"d/d{name} batch {n}")
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("x_shape, w_shape, stride", [
+    ((5, 9, 18, 18), (16, 9, 3, 3), 1),    # 2 samples per chunk: chunks of 2, 2, 1
+    ((3, 16, 16, 16), (32, 16, 3, 3), 1),  # one sample per chunk
+    ((3, 1, 40, 40), (16, 1, 3, 3), 1),    # chunks of 2, 1; a small weight
+    ((5, 8, 20, 20), (16, 8, 3, 3), 2),    # every sample in one chunk
+], ids=["chunks_2_2_1", "per_sample", "small_weight", "one_chunk"])
+def test_compiled_conv_in_chunks_of_samples(x_shape: tuple, w_shape: tuple, stride: int,
+                                            dtype: str) -> None:
+    """Batches the kernels split into chunks of samples (one product per chunk; a lone
+    sample's product writes straight into the output and the weight gradient sums over
+    chunks): forward and both gradients, compiled against the interpreter."""
+    rng = np.random.default_rng(5)
+    g = gc.Graph(dtype=dtype)
+    x, w = g.input("x", (None,) + x_shape[1:]), g.input("w", w_shape)
+    y = cv.conv2d(x, w, stride=stride, padding=1)
+    weights = g.const(rng.standard_normal((x_shape[0],) + tuple(y.shape[1:])).astype(dtype))
+    outs = [y, *gc.grad(gc.sum(y * weights), [x, w])]
+    feeds = {"x": rng.standard_normal(x_shape).astype(dtype),
+             "w": rng.standard_normal(w_shape).astype(dtype)}
+    for got, want, what in zip(gc.compile(outs)(**feeds), gc.evaluate(outs, feeds),
+                               ("conv2d", "d/dx", "d/dw")):
+        assert_close(got, want, dtype, what)
+
+
 def test_max_pool_ties_go_to_the_first_maximum_and_nan_propagates() -> None:
     g = gc.Graph(dtype="float32")
     x = g.input("x", (1, 1, 2, 4))
@@ -372,6 +397,29 @@ def test_max_pool_ties_go_to_the_first_maximum_and_nan_propagates() -> None:
     for got_out, got_dx in (compiled, gc.evaluate([out, dx], {"x": data})):
         np.testing.assert_array_equal(got_out, [[[[3.0, np.nan]]]])
         np.testing.assert_array_equal(got_dx, [[[[0, 1, 0, 0], [0, 0, 0, 0]]]])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kernel, stride", [(2, 2), (3, 2)])
+def test_max_pool_gradient_goes_to_the_first_nan_or_first_maximum(kernel: int, stride: int,
+                                                                   dtype: str) -> None:
+    """Windows with ties and with NaNs anywhere in them (not only first): the compiled
+    gradient lands where np.argmax points (the first NaN, else the first maximum), in the
+    2x2 kernel and the general one, and rows and columns no window covers get zeros."""
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 3, size=(2, 3, 7, 9)).astype(dtype)
+    data[rng.random(data.shape) < 0.15] = np.nan
+    weights = rng.standard_normal((2, 3, (7 - kernel) // stride + 1,
+                                   (9 - kernel) // stride + 1)).astype(dtype)
+    g = gc.Graph(dtype=dtype)
+    x = g.input("x", data.shape)
+    out = gc.nn.max_pool2d(x, kernel, stride)
+    dx = gc.grad(gc.sum(out * weights), x)
+    got_out, got_dx = gc.compile([out, dx])(x=data)
+    want_out, want_dx = gc.evaluate([out, dx], {"x": data})
+    assert np.isnan(want_out).any() and (want_dx == 0).any()
+    np.testing.assert_array_equal(got_out, want_out)
+    np.testing.assert_array_equal(got_dx, want_dx)
 
 
 def test_conv_shape_errors_name_the_op_and_operands() -> None:

@@ -76,7 +76,8 @@ def _max_pool_2x2(x, out):  # type: ignore[no-untyped-def]
 def _max_pool_grad_2x2(g, x, dx):  # type: ignore[no-untyped-def]
     """max_pool2d_grad for 2x2 windows, stride 2: every window of dx is written whole
     (g at its argmax, zeros elsewhere) with selects, no scatter; rows and columns no window
-    covers are zeroed (2x faster than the general loop on 64x16x28x28)."""
+    covers are zeroed (2x faster than the general loop on 64x16x28x28; finding the maximum
+    with plain comparisons and NaNs with a separate test, 1.22 -> 0.72 ms more)."""
     N, C, ho, wo = g.shape[0], g.shape[1], g.shape[2], g.shape[3]
     H, W = x.shape[2], x.shape[3]
     zero = dx.dtype.type(0)
@@ -94,14 +95,15 @@ def _max_pool_grad_2x2(g, x, dx):  # type: ignore[no-untyped-def]
                 for j in range(wo):
                     a, b = r0[2 * j], r0[2 * j + 1]
                     c2, d = r1[2 * j], r1[2 * j + 1]
-                    best = a
-                    best = b if (b > best or b != b) else best
-                    best = c2 if (c2 > best or c2 != c2) else best
-                    best = d if (d > best or d != d) else best
-                    # the first element equal to the maximum, or the first NaN if it is NaN
-                    at_a = (a == best) | (a != a)
-                    at_b = ((b == best) | (b != b)) & ~at_a
-                    at_c = ((c2 == best) | (c2 != c2)) & ~(at_a | at_b)
+                    # the first NaN if there is one, else the first element equal to the
+                    # maximum of plain comparisons (which vectorise; a NaN-propagating
+                    # running maximum does not)
+                    na, nb, nc, nd = a != a, b != b, c2 != c2, d != d
+                    best = max(max(a, b), max(c2, d))
+                    clean = ~(na | nb | nc | nd)
+                    at_a = ((a == best) & clean) | na
+                    at_b = (((b == best) & clean) | nb) & ~at_a
+                    at_c = (((c2 == best) & clean) | nc) & ~(at_a | at_b)
                     at_d = ~(at_a | at_b | at_c)
                     gv = gi[j]
                     d0[2 * j] = gv if at_a else zero
