@@ -9,10 +9,11 @@
 Examples are drawn in graphs of `--per-compile` examples. Every example's interpreter
 gradients are checked against finite differences; the first `--compiled` examples' graphs
 are also compiled for `--target` and every output and gradient compared with the
-interpreter (compiling costs ~0.3 s per kernel not yet in the kernel cache, the
-interpreter ~2 ms per example, hence the two counts). Example k of graph j is drawn from
-numpy's default_rng([seed, j, k]) with run-time axes of default_rng([seed, j]) rows, so
-`--replay seed:j:k` rebuilds it alone and checks it again. Prints per-family counts, the
+interpreter, at two run-time batch sizes (one compiled program; compiling costs ~0.3 s per
+kernel not yet in the kernel cache, the interpreter ~2 ms per example, hence the two
+counts). Example k of graph j is drawn from numpy's default_rng([seed, j, k]) (its run-time
+axes hold the sizes graph_batches(seed, j) gives), so `--replay seed:j:k` rebuilds it
+alone and checks it again. Prints per-family counts, the
 worst error/bound ratios and every mismatch with its reproducer; exits 1 on a mismatch.
 """
 
@@ -33,23 +34,29 @@ from tests.fuzzing.checks import Mismatch, Stats, check_finite_differences
 from tests.fuzzing.choices import NumpyChooser
 
 
-def graph_batch(seed: int, graph: int) -> int:
-    return int(np.random.default_rng([seed, graph]).integers(1, 4))
+def graph_batches(seed: int, graph: int) -> list[int]:
+    """The two run-time batch sizes a graph runs at (one compile): two of 1, 2, 3."""
+    return [int(b) for b in np.random.default_rng([seed, graph]).permutation([1, 2, 3])[:2]]
 
 
-def draw_graph(seed: int, graph: int, examples: range, dtype: str) -> Packed:
+def draw_graph(seed: int, graph: int, examples: range, dtype: str, batch: int) -> Packed:
     choosers = [NumpyChooser(np.random.default_rng([seed, graph, k])) for k in examples]
-    return pack(choosers, graph_batch(seed, graph), dtype, name=f"fuzz_{seed}_{graph}")
+    return pack(choosers, batch, dtype, name=f"fuzz_{seed}_{graph}")
 
 
-def check_graph(packed: Packed, target: str | None, rng: np.random.Generator,
-                stats: Stats) -> list[Mismatch]:
+def check_graph(seed: int, graph: int, examples: range, dtype: str, target: str | None,
+                stats: Stats) -> tuple[Packed, list[Mismatch]]:
+    """Draw graph `graph` at its batch sizes; check it (compiled for `target` at both, or
+    with finite differences only when `target` is None)."""
+    first, second = (draw_graph(seed, graph, examples, dtype, b)
+                     for b in graph_batches(seed, graph))
+    rng = np.random.default_rng([seed, graph])
     if target is None:
         found = []
-        for ex in packed.examples:
+        for ex in first.examples:
             found += check_finite_differences(ex, rng, stats)
-        return found
-    return run_packed(packed, target, rng, stats)
+        return first, found
+    return first, run_packed(first, target, rng, stats, also=[second])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,12 +76,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.replay:
         seed, graph, k = (int(p) for p in args.replay.split(":"))
-        packed = draw_graph(seed, graph, range(k, k + 1), args.dtype)
+        stats = Stats()
+        packed, found = check_graph(seed, graph, range(k, k + 1), args.dtype, args.target,
+                                    stats)
         for error in packed.errors:
             print(error)
         print(packed.examples[0].describe() if packed.examples else "(not built)")
-        stats = Stats()
-        found = check_graph(packed, args.target, np.random.default_rng([seed, graph]), stats)
         for m in found:
             print(m.report())
         print(f"{len(found)} mismatches; {stats}")
@@ -91,16 +98,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"time limit reached after {done} examples")
             break
         n = min(args.per_compile, args.examples - done)
-        packed = draw_graph(args.seed, graph, range(n), args.dtype)
         target = args.target if compiled < args.compiled else None
-        errors += [f"graph {graph} {e} (replay {args.seed}:{graph}:{e[1:].split(':')[0]})"
-                   for e in packed.errors]
         try:
-            found = check_graph(packed, target, np.random.default_rng([args.seed, graph]),
-                                stats)
+            packed, found = check_graph(args.seed, graph, range(n), args.dtype, target, stats)
         except Exception as err:  # a compile or run failure of the whole graph
             errors.append(f"graph {graph} ({target}): {type(err).__name__}: {err}")
-            found = []
+            graph += 1
+            done += n
+            continue
+        errors += [f"graph {graph} {e} (replay {args.seed}:{graph}:{e[1:].split(':')[0]})"
+                   for e in packed.errors]
         for m in found:
             k = int(m.example.prefix[1:-1])
             mismatches.append((f"{args.seed}:{graph}:{k}", m))

@@ -439,6 +439,23 @@ def _descendants(graph: Graph, users: dict[int, list[int]], start: set[int]) -> 
     return seen
 
 
+def _read(graph: Graph) -> set[int]:
+    """Nodes whose values outputs and updates read (through data operands only)."""
+    return _read_by(graph, list(graph.outputs) + [nid for _, nid in graph.updates])
+
+
+def _read_by(graph: Graph, roots) -> set[int]:
+    """`roots` and the nodes whose values they read, directly or not."""
+    seen: set[int] = set()
+    stack = list(roots)
+    while stack:
+        n = stack.pop()
+        if n not in seen:
+            seen.add(n)
+            stack.extend(data_inputs(graph.nodes[n]))
+    return seen
+
+
 def check_fusion(graph: Graph, groups: list) -> None:
     # partition of the compute nodes
     owner: dict[int, int] = {}
@@ -447,16 +464,17 @@ def check_fusion(graph: Graph, groups: list) -> None:
         for n in group.nodes:
             assert n not in owner, f"node {n} in two groups"
             owner[n] = k
-    assert set(owner) == {n.id for n in graph.nodes if n.op not in LEAVES}
+    assert set(owner) == {n.id for n in graph.nodes if n.op not in LEAVES} & _read(graph)
     users: dict[int, list[int]] = {n.id: [] for n in graph.nodes}
     for n in graph.nodes:
         for i in set(data_inputs(n)):
             users[i].append(n.id)
     for k, group in enumerate(groups):
         members = set(group.nodes)
-        # convex: nothing outside is both downstream and upstream of the group
+        # convex: no scheduled node outside is both downstream and upstream of the group
+        # (through values read: a shape operand is known before anything runs)
         down = _descendants(graph, users, members) - members
-        up = ancestors(graph, list(members)) - members
+        up = _read_by(graph, members) - members
         assert not (down & up), f"group {k} ({group.kind}) is not convex: {sorted(down & up)}"
         # dependency order: every operand is a leaf, a member or made by an earlier group
         for n in group.nodes:
@@ -499,6 +517,20 @@ def test_loop_groups_share_one_iteration_shape(name: str) -> None:
 
 def ancestors_users(graph: Graph, nid: int) -> list[int]:
     return [n.id for n in graph.nodes if nid in data_inputs(n)]
+
+
+@pytest.mark.parametrize("batch", [2, None])
+def test_a_value_read_only_for_its_shape_gets_no_group(batch: int | None) -> None:
+    """The gradient of sum(f(x)) reads f(x) only for its shape (broadcast_like's `ref`):
+    f gets no kernel (a library call scheduled anyway wrote into storage never planned)."""
+    g = Graph("shape_only", dtype="float64")
+    y = g.input("y", (batch, 1, 4, 4))
+    pooled = gc.nn.avg_pool2d(y, 2)
+    graph = optimize(program_with_outputs(gc.grad(gc.sum(pooled), [y])))
+    groups = fuse(graph)
+    check_fusion(graph, groups)
+    ops = {graph.nodes[n].op for group in groups for n in group.nodes}
+    assert "avg_pool2d" not in ops and "avg_pool2d_grad" in ops
 
 
 def test_fusion_of_a_graph_whose_greedy_groups_once_formed_a_cycle() -> None:

@@ -78,9 +78,26 @@ def iteration_shape(graph: Graph, node: Node) -> tuple:
     return node.shape
 
 
+def values_read(graph: Graph) -> set[int]:
+    """Nodes whose values the outputs and updates read, through operands read as data: a
+    node reached only as a shape operand (the `ref` of broadcast_like / reshape_like, as
+    the gradient of `sum(conv2d(x, w))` has) needs no kernel, its run-time shape is
+    inferred from its operands'."""
+    seen: set[int] = set()
+    stack = list(graph.outputs) + [nid for _, nid in graph.updates]
+    while stack:
+        nid = stack.pop()
+        if nid not in seen:
+            seen.add(nid)
+            stack.extend(data_inputs(graph.nodes[nid]))
+    return seen
+
+
 def fuse(graph: Graph) -> list[Group]:
-    """Fusion groups of `graph` (outputs and updates set) in execution order."""
+    """Fusion groups of `graph` (outputs and updates set) in execution order; nodes only
+    read for their shapes get no group (`values_read`)."""
     users = consumers_of(graph)
+    read = values_read(graph)
     out_needed = ancestors(graph, graph.outputs)
     phase = {n.id: 1 if n.id in out_needed else 2 for n in graph.nodes}
     group_of: dict[int, Group] = {}
@@ -109,6 +126,8 @@ def fuse(graph: Graph) -> list[Group]:
 
     for node in reversed(graph.nodes):
         if node.op in LEAVES or node.op == "scan_out":   # a scan_out joins its scan's group
+            continue
+        if node.id not in read:
             continue
         if node.op == "scan":
             group = Group("scan", [node.id] + users[node.id], phase[node.id])

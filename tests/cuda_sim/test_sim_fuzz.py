@@ -76,3 +76,18 @@ def test_an_op_without_cuda_code_is_refused_at_compile_time() -> None:
     finally:
         OPS.pop("fuzz_reverse_rows", None)
         _CUSTOM.discard("fuzz_reverse_rows")
+
+
+def test_gradients_of_values_read_only_for_their_shapes() -> None:
+    """Fetching only the gradient of sum(f(x)): f's value is read for its shape alone and
+    gets no kernel (it was launched with no buffer planned: a KeyError; found by the
+    random-graph campaign)."""
+    rng = np.random.default_rng(4)
+    g = gc.Graph("shape_only_cuda", dtype="float64")
+    y, w = g.input("y", (None, 1, 4, 4)), g.input("w", (2, 1, 2, 2))
+    parts = [gc.ops.conv2d(y, w, 1, 1), gc.nn.max_pool2d(y, 2), gc.nn.avg_pool2d(y, 2)]
+    grads = gc.grad(gc.sum(parts[0]) + gc.sum(parts[1]) + gc.sum(parts[2]), [y, w])
+    compiled = gc.compile(grads, target="cuda")
+    feeds = {"y": rng.standard_normal((2, 1, 4, 4)), "w": rng.standard_normal((2, 1, 2, 2))}
+    for got, want in zip(compiled(**feeds), gc.evaluate(grads, feeds)):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)

@@ -4,7 +4,7 @@ and each is compared on its own."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,20 +57,32 @@ def pack(choosers: Sequence[Chooser], batch: int, dtype: str = "float64",
 
 def run_packed(packed: Packed, target: str, rng: np.random.Generator, stats: Stats,
                finite_differences: bool = True,
-               on_compiled: Callable[[], None] | None = None) -> list[Mismatch]:
+               also: Sequence[Packed] = ()) -> list[Mismatch]:
     """Compile the packed graph for `target`, compare every example with the interpreter,
-    and (optionally) check each example's interpreter gradients by finite differences."""
-    outputs = packed.outputs()
-    compiled = gc.compile(outputs, target=target)
-    if on_compiled is not None:
-        on_compiled()
-    feeds = packed.feeds()
-    got = packed.split(compiled(**feeds))
-    want = packed.split(gc.evaluate(outputs, feeds))
-    mismatches = []
+    and (optionally) check each example's interpreter gradients by finite differences.
+
+    `also`: the same examples drawn again at other batch sizes (same choices, so the same
+    graph up to names and data): the one compiled program runs their feeds too (run-time
+    sizes, no recompile), each compared with its own graph's interpreter."""
+    compiled = gc.compile(packed.outputs(), target=target)
     what = "compiled" if target == "cpu" else f"{target} target"
-    for ex, g, w in zip(packed.examples, got, want):
-        mismatches += compare_compiled(ex, g, w, packed.graph.dtype, stats, what)
-        if finite_differences and packed.graph.dtype == "float64":
+    mismatches = []
+    for run in (packed, *also):
+        if [ex.describe() for ex in run.examples] != [ex.describe() for ex in packed.examples]:
+            raise AssertionError(f"batch {run.batch} drew another graph than batch "
+                                 f"{packed.batch}")
+        for ex in run.examples:  # parameters hold this draw's values
+            for leaf in ex.floats:
+                if leaf.value.op == "param":
+                    compiled.params[leaf.value.name][...] = leaf.data
+        compiled.sync_to_device()
+        feeds = run.feeds()
+        got = run.split(compiled(**feeds))
+        want = run.split(gc.evaluate(run.outputs(), feeds))
+        for ex, g, w in zip(run.examples, got, want):
+            mismatches += compare_compiled(ex, g, w, run.graph.dtype, stats,
+                                           f"{what} (batch {run.batch})")
+    if finite_differences and packed.graph.dtype == "float64":
+        for ex in packed.examples:
             mismatches += check_finite_differences(ex, rng, stats)
     return mismatches

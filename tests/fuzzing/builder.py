@@ -61,6 +61,13 @@ class Builder:
         """The run-time shape of a declared one (None -> `batch`)."""
         return tuple(self.batch if d is None else int(d) for d in shape)
 
+    @staticmethod
+    def least(shape: tuple) -> tuple[int, ...]:
+        """The smallest run-time shape of a declared one (None -> 1): structural choices
+        depend on it, never on `batch`, so one graph drawn at two batch sizes is the same
+        graph (one compiled program runs both)."""
+        return tuple(1 if d is None else int(d) for d in shape)
+
     def input(self, shape: tuple, scale: float = 1.0) -> gc.Value:
         """A float input of declared `shape` holding standard normal data * `scale`."""
         value = self.graph.input(self.name("x"), tuple(shape))

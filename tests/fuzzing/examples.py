@@ -50,12 +50,16 @@ class Example:
     grads: list[gc.Value]
     probes: list[Probe]
 
+    fetch_out: bool = True
+
     def outputs(self) -> list[gc.Value]:
-        """What is compiled and compared: the output, integer outputs, every gradient."""
-        return [self.out, *self.ints, *self.grads]
+        """What is compiled and compared: the output (unless only gradients are fetched, as
+        in training, where no output but the loss needs the forward values), integer
+        outputs, every gradient."""
+        return [self.out] * self.fetch_out + [*self.ints, *self.grads]
 
     def output_names(self) -> list[str]:
-        return (["out"] + [f"int{k}" for k in range(len(self.ints))]
+        return (["out"] * self.fetch_out + [f"int{k}" for k in range(len(self.ints))]
                 + [f"d/d{leaf.value.name}" for leaf in self.floats])
 
     def feeds(self, floats: Sequence[np.ndarray] | None = None) -> dict[str, np.ndarray]:
@@ -90,14 +94,17 @@ def build_example(graph: gc.Graph, chooser: Chooser, prefix: str, batch: int,
     if not gc.ir.is_float(v.dtype):
         v = gc.cast(v, graph.dtype)
     b.note(f"out: {v.shape}")
-    # a run-time axis may hold any multiple of the batch (after a reshape): broadcast there
+    # one weight along run-time axes (broadcast), so the graph is the same at every batch
     weight = b.input(tuple(1 if d is None else d for d in v.shape))
     weight_leaf = b.floats.pop()
     loss = gc.sum(v * weight)
     probes = find_probes(graph, [loss.id])
     grads = gc.grad(loss, [leaf.value for leaf in b.floats])
+    fetch_out = b.integer(0, 2) > 0
+    if not fetch_out:
+        b.note("(gradients fetched, not the output)")
     return Example(prefix, list(b.families), b.trace, v, weight_leaf, loss, b.floats, b.fixed,
-                   b.ints, list(grads), probes)
+                   b.ints, list(grads), probes, fetch_out)
 
 
 def find_probes(graph: gc.Graph, roots: list[int]) -> list[Probe]:

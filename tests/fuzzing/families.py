@@ -169,7 +169,7 @@ def reduce(b: Builder, v: gc.Value | None) -> gc.Value:
 
 def _size(b: Builder, v: gc.Value, axis) -> int:
     axes = range(v.ndim) if axis is None else (axis if isinstance(axis, tuple) else (axis,))
-    return int(np.prod([b.concrete(v.shape)[a] for a in axes]))
+    return int(np.prod([b.least(v.shape)[a] for a in axes]))
 
 
 def statistics(b: Builder, v: gc.Value | None) -> gc.Value:
@@ -273,8 +273,10 @@ def layout(b: Builder, v: gc.Value | None) -> gc.Value:
     form = b.pick(forms)
     nd, shape = v.ndim, v.shape
     if form == "transpose":
-        perm = tuple(b.rng.permutation(nd)) if nd else ()
-        perm = tuple(int(p) for p in perm)
+        rest, perm = list(range(nd)), []
+        while rest:
+            perm.append(rest.pop(b.integer(0, len(rest) - 1)))
+        perm = tuple(perm)
         b.note(f"transpose(., {perm})")
         return gc.transpose(v, perm) if nd else v * 1.5
     if form == "swapaxes":
@@ -484,10 +486,11 @@ def norm(b: Builder, v: gc.Value | None) -> gc.Value:
     name = b.name("norm")
     if form == "batch_norm":
         if v is None or v.ndim not in (2, 4) or v.shape[1] is None or \
-                int(np.prod(b.concrete(v.shape))) < 2 * b.concrete(v.shape)[1] or \
-                (v.shape[0] is None and b.batch < 2):
+                int(np.prod(b.least(v.shape))) < 2 * v.shape[1]:
             rank = b.pick([2, 4])
-            shape = (b.pick([None, 2, 3]), b.integer(1, 3)) + (2,) * (rank - 2)
+            # at least 2 values per channel whatever the batch (torch refuses 1)
+            shape = (b.pick([None, 2, 3] if rank == 4 else [2, 3]), b.integer(1, 3)) + \
+                (2,) * (rank - 2)
             v = b.coupled(shape, v)
         out = gc.nn.batch_norm(v, name=name, training=True)
         b.param_leaf(f"{name}.gain", scale=0.3, offset=1.0)
