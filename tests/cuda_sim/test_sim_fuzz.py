@@ -91,3 +91,20 @@ def test_gradients_of_values_read_only_for_their_shapes() -> None:
     feeds = {"y": rng.standard_normal((2, 1, 4, 4)), "w": rng.standard_normal((2, 1, 2, 2))}
     for got, want in zip(compiled(**feeds), gc.evaluate(grads, feeds)):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.xfail(strict=True, raises=gc.NonFiniteError, reason=(
+    "found by the random-graph campaign: batch_norm(training=True) over one value per "
+    "channel makes the running-variance update divide by n - 1 = 0. The CPU target runs "
+    "the function (output 0); the CUDA target raises NonFiniteError calling the state "
+    "update 'a gradient' (its finite check covers every checked value alike) in a "
+    "function that has no gradient. The targets should agree (PyTorch refuses one value "
+    "per channel in training with a clear error)."))
+def test_batch_norm_over_one_value_per_channel_agrees_with_the_cpu() -> None:
+    g = gc.Graph("bn_one_row", dtype="float64")
+    x = g.input("x", (None, 3))
+    out = gc.nn.batch_norm(x, name="bn", training=True)
+    feeds = {"x": np.array([[1.0, 2.0, 3.0]])}
+    (want,) = gc.compile([out], target="cpu")(**feeds)
+    (got,) = gc.compile([out], target="cuda")(**feeds)
+    np.testing.assert_array_equal(got, want)
