@@ -89,6 +89,23 @@ def test_finite_differences_move_off_a_kink() -> None:
     assert len(failed) == 1 and "central difference" in failed[0].detail
 
 
+def test_a_softmax_over_near_ties_is_no_kink() -> None:
+    """Logits equal up to rounding (1.5 - x + x): the softmax family's max shift changes
+    its argmax under any perturbation, but the function does not depend on it, so the
+    check must not look for a point without near ties (it once found none in 21 tries)."""
+    g = gc.Graph("ties", dtype="float64")
+    x, y, w = g.input("x", (4, 3)), g.input("y", (4,), dtype="int64"), g.input("w", ())
+    out = gc.softmax_cross_entropy(1.5 - x + x, y, reduction="sum")
+    loss = gc.sum(out * w)
+    data = np.random.default_rng(2).standard_normal((4, 3))
+    ex = Example("", ["softmax"], ["cross_entropy(1.5 - x + x)"], out, Leaf(w, np.ones(())),
+                 loss, [Leaf(x, data)], [Leaf(y, np.array([0, 2, 1, 1]))], [],
+                 [gc.grad(loss, x)], find_probes(g, [loss.id]))
+    stats = Stats()
+    assert check_finite_differences(ex, np.random.default_rng(0), stats) == []
+    assert stats.moves == 0
+
+
 def test_checks_catch_a_wrong_gradient_and_a_wrong_result() -> None:
     """The checks are not vacuous: a custom op whose gradient is off by 10% fails the
     finite-difference check, and a result off by 1e-9 fails the compiled comparison."""

@@ -29,7 +29,9 @@ mismatches (empty: the example passed) so a campaign can report them all.
    Kinks: a central difference is only valid if no branch changes between x - hv and
    x + hv. Every kink's operands (relu/abs/sign/leaky_relu/elu input, both sides of
    maximum/minimum/comparisons, clip's operand against both bounds, the maximisers of
-   max/min reductions and of each max-pooling window, the signs of a scan's operands) are
+   max/min reductions (but not the softmax family's shift, a max read only through
+   stop_gradient: the function does not depend on which entry is the largest) and of each
+   max-pooling window, the signs of a scan's operands) are
    evaluated at x + t h v for t = -2, -1, 0, 1, 2; if any decision differs, the example's
    float leaves are moved to a new random point (x + 0.3 N(0, 1)) and direction, up to
    MAX_MOVES times. Exact ties that the perturbation keeps (max over duplicated values,
