@@ -444,7 +444,7 @@ def _read(graph: Graph) -> set[int]:
     return _read_by(graph, list(graph.outputs) + [nid for _, nid in graph.updates])
 
 
-def _read_by(graph: Graph, roots) -> set[int]:
+def _read_by(graph: Graph, roots: list[int] | set[int]) -> set[int]:
     """`roots` and the nodes whose values they read, directly or not."""
     seen: set[int] = set()
     stack = list(roots)

@@ -416,8 +416,7 @@ def gather(b: Builder, v: gc.Value | None) -> gc.Value:
         ids = b.int_input(b.shape(0, 2, 4), 0, num)
         name = b.name("emb")
         rows = gc.nn.embedding(ids, num, dim, name=name)
-        table = b.param_leaf(f"{name}.w")
-        del table
+        b.param_leaf(f"{name}.w")
         b.note(f"embedding(ids, {num}, {dim})")
         scale = gc.tanh(gc.mean(v)) + 1.5
         return rows * scale
