@@ -220,8 +220,8 @@ def batch_norm(x: Value, name: str | None = None, momentum: float = 0.1, eps: fl
     Parameters `name.gain` (ones) and `name.bias` (zeros), state `name.running_mean`
     (zeros) and `name.running_var` (ones). Training: normalise with the batch mean and
     biased variance; after the step, running = (1 - momentum) * running + momentum * stat,
-    with the unbiased variance (n / (n - 1)) for running_var. Inference: normalise with the
-    running statistics.
+    with the unbiased variance (n / (n - 1)) for running_var; one value per channel is
+    refused in training, as in PyTorch. Inference: normalise with the running statistics.
     """
     from graphc.ops import count, mean, reshape, rsqrt, square
 
@@ -247,7 +247,10 @@ def batch_norm(x: Value, name: str | None = None, momentum: float = 0.1, eps: fl
         out_infer = (x - reshape(rm, bshape)) * rsqrt(reshape(rv, bshape) + eps) * gain + bias
     out = _views(out_train, out_infer, training) if out_train is not None else out_infer
     if out_train is not None:
-        n = count(x, axes)
+        # one value per channel has no unbiased variance (n / (n - 1)): refused, as in
+        # PyTorch, instead of a running variance of NaN
+        n = count(x, axes, at_least=2,
+                  what=f"batch_norm {prefix!r} in training: values per channel")
         batch_mean, batch_var = reshape(mu, (channels,)), reshape(var, (channels,))
         new_rm = rm * (1.0 - momentum) + batch_mean * momentum
         new_rv = rv * (1.0 - momentum) + batch_var * (n / (n - 1.0)) * momentum

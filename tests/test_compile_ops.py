@@ -545,3 +545,25 @@ def test_products_of_transposed_views_read_them_in_place(dtype: str) -> None:
                  "y": rng.normal(size=(batch, t, heads * d)).astype(dtype)}
         for got, want in zip(compiled(**feeds), gc.evaluate(outputs, feeds)):
             np.testing.assert_allclose(got, want, **TOL[dtype])
+
+
+@pytest.mark.parametrize("batch", [2, None])
+def test_gradients_of_values_read_only_for_their_shapes(batch: int | None) -> None:
+    """Fetching only the gradient of sum(f(x)) (f = a library call, a matmul, a gather, a
+    running sum): f's value is read by nothing but its shape. Its kernel used to be
+    scheduled with no storage planned ("node ... has no storage"); found by the random
+    graph campaign (tests/fuzzing)."""
+    rng = np.random.default_rng(3)
+    g = gc.Graph("shape_only", dtype="float64")
+    y = g.input("y", (batch, 2, 4, 4))
+    w = g.input("w", (3, 2, 2, 2))
+    m = g.input("m", (4, 3))
+    parts = [gc.ops.conv2d(y, w, 1, 1), gc.nn.max_pool2d(y, 2), gc.nn.avg_pool2d(y, 3, 1, 1),
+             y @ m, gc.take(y, [3, 0, 0], axis=2), gc.cumsum(y, 3)]
+    grads = gc.grad(functools.reduce(gc.add, [gc.sum(p) for p in parts]), [y, w, m])
+    compiled = gc.compile(grads)
+    for n in (2, 3) if batch is None else (2,):
+        feeds = {"y": rng.standard_normal((n, 2, 4, 4)), "w": rng.standard_normal((3, 2, 2, 2)),
+                 "m": rng.standard_normal((4, 3))}
+        for got, want in zip(compiled(**feeds), gc.evaluate(grads, feeds)):
+            np.testing.assert_allclose(got, want, **TOL["float64"])

@@ -863,3 +863,25 @@ def test_cnn_digits_example_reaches_its_accuracy() -> None:
     finally:
         sys.path.remove(os.path.join(ROOT, "examples"))
         sys.modules.pop("cnn_digits", None)
+
+
+def test_batch_norm_refuses_one_value_per_channel_in_training() -> None:
+    """As PyTorch: the unbiased running variance of one value is undefined, so a training
+    call fed one row is refused before it runs (nothing changes), and so is a graph whose
+    fixed shape has one value per channel; inference on one row is fine."""
+    g = gc.Graph("bn_one", seed=0)
+    x = g.input("x", (None, 3))
+    h = gc.nn.batch_norm(gc.nn.linear(x, 4, name="fc"), name="bn")
+    step = gc.compile(gc.mean(h * h), optimizer=gc.optim.SGD(lr=0.1))
+    step(x=np.ones((4, 3), np.float32))
+    before = {k: v.copy() for k, v in {**step.params, **g.state_values}.items()}
+    with pytest.raises(gc.GraphError, match=r"batch_norm 'bn' in training.*got 1"):
+        step(x=np.ones((1, 3), np.float32))
+    for name, value in {**step.params, **g.state_values}.items():
+        np.testing.assert_array_equal(value, before[name], err_msg=name)
+    inference = gc.Graph("bn_eval").input("x", (None, 3))
+    assert gc.compile(gc.nn.batch_norm(inference, name="bn", training=False)
+                      )(x=np.ones((1, 3), np.float32)).shape == (1, 3)
+    fixed = gc.Graph("bn_fixed").input("y", (1, 3))
+    with pytest.raises(gc.GraphError, match="values per channel"):
+        gc.nn.batch_norm(fixed, name="bn")

@@ -542,6 +542,20 @@ def ancestors_users(graph: Graph, nid: int) -> list[int]:
     return [n.id for n in graph.nodes if nid in data_inputs(n) and n.id in read]
 
 
+@pytest.mark.parametrize("batch", [2, None])
+def test_a_value_read_only_for_its_shape_gets_no_group(batch: int | None) -> None:
+    """The gradient of sum(f(x)) reads f(x) only for its shape (broadcast_like's `ref`):
+    f gets no kernel (a library call scheduled anyway wrote into storage never planned)."""
+    g = Graph("shape_only", dtype="float64")
+    y = g.input("y", (batch, 1, 4, 4))
+    pooled = gc.nn.avg_pool2d(y, 2)
+    graph = optimize(program_with_outputs(gc.grad(gc.sum(pooled), [y])))
+    groups = fuse(graph)
+    check_fusion(graph, groups)
+    ops = {graph.nodes[n].op for group in groups for n in group.nodes}
+    assert "avg_pool2d" not in ops and "avg_pool2d_grad" in ops
+
+
 def test_fusion_of_a_graph_whose_greedy_groups_once_formed_a_cycle() -> None:
     """Regression: two groups A and B, each convex, with A -> B through one node pair and
     B -> A through another, made the scheduler fail ("fusion groups form a cycle")."""

@@ -68,12 +68,25 @@ def _extreme_vjp(g: Value, out: Value, x: list[Value], needs: tuple, axes: tuple
     return (where(hit, share, x[0].graph.const(0, dtype=x[0].dtype)),)
 
 
-def _dim_size_infer(nodes: list[Node], axes: tuple, dtype: str) -> tuple:
+def _too_few(size: int, at_least: int, what: str) -> str:
+    return (f"{what or 'count'}: expected at least {at_least} values along the counted axes, "
+            f"got {size}")
+
+
+def _dim_size_infer(nodes: list[Node], axes: tuple, dtype: str, at_least: int = 0,
+                    what: str = "") -> tuple:
+    dims = [nodes[0].shape[a] for a in axes]
+    if at_least and None not in dims and math.prod(dims) < at_least:
+        raise InferError(_too_few(math.prod(dims), at_least, what))
     return (), dtype
 
 
-def _dim_size_ref(x: np.ndarray, axes: tuple, dtype: str) -> np.ndarray:
-    return np.asarray(math.prod(x.shape[a] for a in axes), dtype=dtype)
+def _dim_size_ref(x: np.ndarray, axes: tuple, dtype: str, at_least: int = 0,
+                  what: str = "") -> np.ndarray:
+    size = math.prod(x.shape[a] for a in axes)
+    if size < at_least:
+        raise InferError(_too_few(size, at_least, what))
+    return np.asarray(size, dtype=dtype)
 
 
 defop("sum", "reduce", _sum_infer, _sum_ref, vjp=_sum_vjp, arity=1)
@@ -100,13 +113,24 @@ def min(x: Value, axis: Any = None, keepdims: bool = False) -> Value:
     return make("min", [x], axes=axes, keepdims=bool(keepdims))
 
 
-def count(x: Value, axis: Any = None, dtype: str | None = None) -> Value:
-    """Number of elements of `x` along `axis`, as a scalar (run-time sizes included)."""
+def count(x: Value, axis: Any = None, dtype: str | None = None, *, at_least: int = 0,
+          what: str = "") -> Value:
+    """Number of elements of `x` along `axis`, as a scalar (run-time sizes included).
+
+    A count below `at_least` is an error naming `what`: when the graph is built for fixed
+    sizes, else when a call is fed such sizes (before anything runs)."""
     axes = normalize_axes(axis, x.ndim, "count", [x])
     dt = dtype or x.dtype
     dims = [x.shape[a] for a in axes]
     if all(d is not None for d in dims):
+        if math.prod(dims) < at_least:
+            from graphc.errors import GraphError, user_location
+
+            raise GraphError(f"{_too_few(math.prod(dims), at_least, what)} (shape "
+                             f"{x.shape})\n  at {user_location()}")
         return x.graph.const(math.prod(dims), dtype=dt)
+    if at_least:
+        return make("dim_size", [x], axes=axes, dtype=dt, at_least=int(at_least), what=what)
     return make("dim_size", [x], axes=axes, dtype=dt)
 
 
