@@ -38,14 +38,21 @@ def mount() -> ModuleType:
         raise ImportError(f"graphc's kernel library is missing: neither "
                           f"{os.path.join(_PACKAGE_DIR, 'kernels')} nor {checkout_folder()} "
                           f"exists; reinstall graphc", name=PACKAGE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[PACKAGE] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[PACKAGE]
-        raise
+    module = execute(PACKAGE, spec)
     sys.modules["graphc"].kernels = module
+    return module
+
+
+def execute(name: str, spec: importlib.machinery.ModuleSpec) -> ModuleType:
+    """Create the module of `spec` as sys.modules[`name`] and run it; if running it
+    raises, `name` is taken out of sys.modules again."""
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+    except BaseException:
+        del sys.modules[name]
+        raise
     return module
 
 

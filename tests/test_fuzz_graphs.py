@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import graphc as gc
-from tests.fuzzing.batch import pack, run_packed
+from tests.fuzzing.batch import assert_no_mismatch, every_family, pack, run_packed
 from tests.fuzzing.builder import Leaf
 from tests.fuzzing.checks import Stats, check_finite_differences, compare_compiled
 from tests.fuzzing.choices import HypothesisChooser, NumpyChooser
@@ -27,11 +27,6 @@ FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                       HealthCheck.data_too_large])
 
 
-def _fail_on(found: list, errors: list[str]) -> None:
-    assert not errors, "\n".join(errors)
-    assert not found, "\n\n".join(m.report() for m in found)
-
-
 @settings(FUZZ, max_examples=60)
 @given(data=st.data(), batch=st.integers(1, 3))
 def test_random_graph_gradients_match_finite_differences(data, batch: int) -> None:
@@ -39,7 +34,7 @@ def test_random_graph_gradients_match_finite_differences(data, batch: int) -> No
     found = []
     for ex in packed.examples:
         found += check_finite_differences(ex, np.random.default_rng(0), Stats())
-    _fail_on(found, packed.errors)
+    assert_no_mismatch(found, packed.errors)
 
 
 @settings(FUZZ, max_examples=6)
@@ -47,19 +42,15 @@ def test_random_graph_gradients_match_finite_differences(data, batch: int) -> No
 def test_random_graphs_compiled_match_interpreter(data, batch: int) -> None:
     """Three examples per compile: every output and gradient equals the interpreter's."""
     packed = pack([HypothesisChooser(data) for _ in range(3)], batch)
-    _fail_on(run_packed(packed, "cpu", np.random.default_rng(0), Stats()), packed.errors)
+    assert_no_mismatch(run_packed(packed, "cpu", np.random.default_rng(0), Stats()), packed.errors)
 
 
 def test_every_family_compiled_once() -> None:
     """One example per family (a deterministic draw), all in one compile."""
-    graph = gc.Graph("fuzz_families", dtype="float64")
-    examples = [build_example(graph, NumpyChooser(np.random.default_rng([5, k])), f"e{k}_",
-                              2, families=[family])
-                for k, family in enumerate(sorted(FAMILIES))]
-    packed = pack([], 2)
-    packed.graph, packed.examples = graph, examples
+    packed = every_family(5, name="fuzz_families")
+    examples = packed.examples
     stats = Stats()
-    _fail_on(run_packed(packed, "cpu", np.random.default_rng(0), stats), [])
+    assert_no_mismatch(run_packed(packed, "cpu", np.random.default_rng(0), stats), [])
     assert stats.fd_checked == len(FAMILIES)
     assert {f for ex in examples for f in ex.families} == set(FAMILIES)
 

@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 
 from graphc.kernels.sealed import seal, unseal
 
+from graphc._library import execute
+
 _HEADER_TAG = "# graphc-source-sha256: "
 
 DEFAULT_MAX_MB = 2048
@@ -371,14 +373,7 @@ def _import(module: str, path: str) -> types.ModuleType:
     spec = importlib.util.spec_from_file_location(module, path)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot load generated module {path}")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[module] = mod
-    try:
-        spec.loader.exec_module(mod)
-    except BaseException:
-        del sys.modules[module]
-        raise
-    return mod
+    return execute(module, spec)
 
 
 def purge(module: str, path: str) -> None:

@@ -17,17 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import graphc as gc
-from tests.fuzzing.batch import pack, run_packed
+from tests.fuzzing.batch import assert_no_mismatch, every_family, pack, run_packed
 from tests.fuzzing.checks import Stats
-from tests.fuzzing.choices import HypothesisChooser, NumpyChooser
-from tests.fuzzing.examples import build_example
-from tests.fuzzing.families import FAMILIES
+from tests.fuzzing.choices import HypothesisChooser
 from tests.helpers import here, short
-
-
-def _fail_on(found: list, errors: list[str]) -> None:
-    assert not errors, "\n".join(errors)
-    assert not found, "\n\n".join(m.report() for m in found)
 
 
 @settings(max_examples=4, deadline=None,
@@ -35,20 +28,15 @@ def _fail_on(found: list, errors: list[str]) -> None:
 @given(data=st.data(), batch=st.integers(1, 3))
 def test_random_graphs_on_cuda_match_interpreter(data, batch: int) -> None:
     packed = pack([HypothesisChooser(data) for _ in range(4)], batch)
-    _fail_on(run_packed(packed, "cuda", np.random.default_rng(0), Stats(),
-                        finite_differences=False), packed.errors)
+    assert_no_mismatch(run_packed(packed, "cuda", np.random.default_rng(0), Stats(),
+                                  finite_differences=False), packed.errors)
 
 
 def test_every_family_on_cuda_once() -> None:
-    graph = gc.Graph("fuzz_families_cuda", dtype="float64")
-    examples = [build_example(graph, NumpyChooser(np.random.default_rng([7, k])), f"e{k}_",
-                              2, families=[family])
-                for k, family in enumerate(sorted(FAMILIES))]
-    packed = pack([], 2)
-    packed.graph, packed.examples = graph, examples
+    packed = every_family(7, name="fuzz_families_cuda")
     stats = Stats()
-    _fail_on(run_packed(packed, "cuda", np.random.default_rng(0), stats,
-                        finite_differences=False), [])
+    assert_no_mismatch(run_packed(packed, "cuda", np.random.default_rng(0), stats,
+                                  finite_differences=False), [])
     assert stats.compiled_worst > 0  # float results were compared
 
 

@@ -11,8 +11,9 @@ import numpy as np
 
 import graphc as gc
 from tests.fuzzing.checks import Mismatch, Stats, check_finite_differences, compare_compiled
-from tests.fuzzing.choices import Chooser
+from tests.fuzzing.choices import Chooser, NumpyChooser
 from tests.fuzzing.examples import Example, build_example
+from tests.fuzzing.families import FAMILIES
 
 
 @dataclass
@@ -53,6 +54,21 @@ def pack(choosers: Sequence[Chooser], batch: int, dtype: str = "float64",
         except Exception as err:  # reported, with the example's index, by the caller
             packed.errors.append(f"e{k}: building raised {type(err).__name__}: {err}")
     return packed
+
+
+def every_family(seed: int, batch: int = 2, name: str = "fuzz_families") -> Packed:
+    """One example per family (a deterministic draw from `seed`), all in one graph."""
+    graph = gc.Graph(name, dtype="float64")
+    examples = [build_example(graph, NumpyChooser(np.random.default_rng([seed, k])),
+                              f"e{k}_", batch, families=[family])
+                for k, family in enumerate(sorted(FAMILIES))]
+    return Packed(graph, examples, batch)
+
+
+def assert_no_mismatch(found: Sequence[Mismatch], errors: Sequence[str]) -> None:
+    """Fail with every building error and every mismatch's report."""
+    assert not errors, "\n".join(errors)
+    assert not found, "\n\n".join(m.report() for m in found)
 
 
 def run_packed(packed: Packed, target: str, rng: np.random.Generator, stats: Stats,
