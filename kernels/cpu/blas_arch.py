@@ -1,11 +1,15 @@
 """Loading the OpenBLAS the compiled steps' matrix products run on, without changing it
 for anyone else.
 
-graphc's matrix products run on SciPy's OpenBLAS, which Numba's `np.dot` calls. That library
-is shared with `scipy.linalg` (and NumPy has its own copy), so graphc leaves it as the user's
-environment makes it: `import graphc` loads neither, and the first CPU compile imports
-`scipy.linalg.cython_blas` the ordinary way, after NumPy, with the environment untouched. An
-`OPENBLAS_CORETYPE` the user set is honoured by both libraries, as without graphc.
+graphc's matrix products run on SciPy's OpenBLAS (kernels/cpu/blas.py calls its `sgemm` and
+`dgemm` by symbol). That library is shared with `scipy.linalg` (and NumPy has its own copy),
+so graphc leaves it as the user's environment makes it: `import graphc` loads neither, and
+the first CPU compile loads SciPy's copy the ordinary way, after NumPy, with the environment
+untouched -- from the file in SciPy's wheel that `scipy.linalg.cython_blas` links, without
+importing `scipy.linalg` (0.13-0.19 s, SciPy's array-API layer imports `numpy.f2py`), or,
+where SciPy has no such file (built from source, other distributions), by importing
+`scipy.linalg.cython_blas` and taking its routines. An `OPENBLAS_CORETYPE` the user set is
+honoured by both libraries, as without graphc.
 
 OpenBLAS picks its kernels when it is loaded, and maps some CPUs with AVX-512 (AMD Zen 4 and
 5, for one) to its AVX2 "Haswell" kernels. Measured on a 2-core AMD EPYC with AVX-512
@@ -20,12 +24,22 @@ the environment is put back, so processes started later see it unchanged.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
+import glob
 import importlib
+import importlib.util
 import os
 import sys
+from collections.abc import Iterator
 from types import ModuleType
 
 CYTHON_BLAS = "scipy.linalg.cython_blas"
+#: The routines compiled code calls (kernels/cpu/blas.py).
+ROUTINES = ("sgemm", "dgemm")
+#: Names of the thread-count setter in SciPy's OpenBLAS (prefixed in SciPy's wheels).
+SETTERS = ("scipy_openblas_set_num_threads", "openblas_set_num_threads")
 
 
 def requested_coretype() -> str | None:
@@ -33,6 +47,100 @@ def requested_coretype() -> str | None:
     (unset, `detect` or `env`: OpenBLAS's own choice, or `OPENBLAS_CORETYPE`'s)."""
     chosen = os.environ.get("GRAPHC_BLAS_CORETYPE")
     return None if not chosen or chosen in ("detect", "env") else chosen
+
+
+@contextlib.contextmanager
+def _requested_kernels() -> Iterator[None]:
+    """Load libraries in the block with the kernels `requested_coretype()` asks for (an
+    OpenBLAS reads OPENBLAS_CORETYPE once, when it is loaded); the environment is restored
+    afterwards."""
+    coretype = requested_coretype()
+    saved = os.environ.get("OPENBLAS_CORETYPE")
+    if coretype is not None:
+        os.environ["OPENBLAS_CORETYPE"] = coretype
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("OPENBLAS_CORETYPE", None)
+        else:
+            os.environ["OPENBLAS_CORETYPE"] = saved
+
+
+def _scipy_libraries() -> list[str]:
+    """SciPy's OpenBLAS files where SciPy's wheels put them (Linux and Windows: `scipy.libs`
+    beside the package; macOS: `scipy/.dylibs`), found without importing SciPy."""
+    spec = importlib.util.find_spec("scipy")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    package = next(iter(spec.submodule_search_locations))
+    patterns = [os.path.join(os.path.dirname(package), "scipy.libs", "libscipy_openblas*"),
+                os.path.join(package, ".dylibs", "libscipy_openblas*")]
+    return sorted(p for pattern in patterns for p in glob.glob(pattern))
+
+
+def _load(path: str) -> ctypes.CDLL | None:
+    try:
+        with _requested_kernels():
+            return ctypes.CDLL(path)
+    except OSError:
+        return None
+
+
+def _address(function: object) -> int:
+    return ctypes.cast(function, ctypes.c_void_p).value or 0
+
+
+def _capsule_address(capsule: object) -> int:
+    """The pointer in a Cython `__pyx_capi__` capsule."""
+    api = ctypes.pythonapi
+    api.PyCapsule_GetName.restype = ctypes.c_char_p
+    api.PyCapsule_GetName.argtypes = [ctypes.py_object]
+    api.PyCapsule_GetPointer.restype = ctypes.c_void_p
+    api.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    return api.PyCapsule_GetPointer(capsule, api.PyCapsule_GetName(capsule)) or 0
+
+
+@functools.cache
+def _openblas() -> tuple[ctypes.CDLL | None, dict[str, int]]:
+    """SciPy's OpenBLAS (None if graphc cannot reach it by ctypes) and the addresses of
+    ROUTINES in it, loaded on first use.
+
+    The file of SciPy's wheel is loaded directly when there is exactly one that exports
+    the routines: the one `scipy.linalg.cython_blas` links. Otherwise the routines come
+    from `scipy.linalg.cython_blas` itself."""
+    found = []
+    for path in _scipy_libraries():
+        library = _load(path)
+        if library is not None and all(hasattr(library, f"scipy_{r}_") for r in ROUTINES):
+            found.append(library)
+    if len(found) == 1:
+        return found[0], {r: _address(getattr(found[0], f"scipy_{r}_")) for r in ROUTINES}
+    module = import_cython_blas()
+    if module is None:
+        return None, {}
+    routines = {r: _capsule_address(module.__pyx_capi__[r]) for r in ROUTINES}
+    for path in _scipy_libraries():
+        library = _load(path)
+        if library is not None and any(hasattr(library, n) for n in SETTERS):
+            return library, routines
+    return None, routines
+
+
+def openblas_library() -> ctypes.CDLL | None:
+    """SciPy's OpenBLAS as a ctypes library (thread count, core name), loaded on first use,
+    or None where graphc cannot find it."""
+    return _openblas()[0]
+
+
+def gemm_routines() -> dict[str, int]:
+    """{"sgemm": address, "dgemm": address} of SciPy's BLAS (Fortran interface), loaded on
+    first use. Raises ImportError without SciPy."""
+    routines = _openblas()[1]
+    if not routines or not all(routines.values()):
+        raise ImportError("graphc's CPU matrix products need SciPy's BLAS "
+                          "(pip install scipy), and it cannot be loaded")
+    return routines
 
 
 def import_cython_blas() -> ModuleType | None:
@@ -44,16 +152,8 @@ def import_cython_blas() -> ModuleType | None:
         return sys.modules[CYTHON_BLAS]
     import numpy  # noqa: F401  (its own OpenBLAS: loaded under the user's environment)
 
-    coretype = requested_coretype()
-    saved = os.environ.get("OPENBLAS_CORETYPE")
-    if coretype is not None:
-        os.environ["OPENBLAS_CORETYPE"] = coretype
-    try:
-        return importlib.import_module(CYTHON_BLAS)
-    except ImportError:
-        return None
-    finally:
-        if saved is None:
-            os.environ.pop("OPENBLAS_CORETYPE", None)
-        else:
-            os.environ["OPENBLAS_CORETYPE"] = saved
+    with _requested_kernels():
+        try:
+            return importlib.import_module(CYTHON_BLAS)
+        except ImportError:
+            return None

@@ -3,7 +3,8 @@
 Called from compiled steps ("call" fusion groups) as `fn(*operands, out, *int attrs)`; every
 function writes its whole result into `out` (C-contiguous) and allocates only its im2col
 scratch. Each one works on chunks of samples: im2col turns a chunk into a (C*kh*kw, chunk*P)
-matrix (P = output pixels per sample), one BLAS product (np.dot) does the arithmetic, and a
+matrix (P = output pixels per sample), one BLAS product (kernels/cpu/blas.py's
+`matmul_into`) does the arithmetic, and a
 copy loop moves the result to NCHW. A chunk is as many samples as keep the product within
 OpenBLAS's small-matrix kernels (`_SMALL_PRODUCT`) and the scratch within `_CHUNK` columns,
 at least one; a lone sample's product writes straight into the output.
@@ -27,6 +28,7 @@ interpreter's numpy im2col + tensordot.
 from __future__ import annotations
 
 import numpy as np
+from graphc.kernels.cpu.blas import matmul_into
 from numba import njit
 
 # Columns per im2col chunk (chunk * Ho * Wo) at most: the scratch (C*kh*kw x _CHUNK floats)
@@ -234,10 +236,10 @@ def conv2d_forward(x, w, out, sh, sw, ph, pw):  # type: ignore[no-untyped-def]
         _pad(x, n0, nb, ph, pw, xp)
         _im2col(xp, nb, col, kh, kw, sh, sw, ho, wo)
         if nb == 1:
-            np.dot(wm, col, out[n0].reshape((Oc, P)))
+            matmul_into(wm, col, out[n0].reshape((Oc, P)))
             continue
         res = resbuf[:Oc * m].reshape((Oc, m))
-        np.dot(wm, col, res)
+        matmul_into(wm, col, res)
         for s in range(nb):
             for o in range(Oc):
                 at = ((n0 + s) * Oc + o) * P
@@ -311,7 +313,7 @@ def conv2d_grad_input(g, w, dx, sh, sw, ph, pw):  # type: ignore[no-untyped-def]
         m = nb * P
         col = colbuf[:K * m].reshape((K, m))
         gm = _columns_of_g(g, n0, nb, gbuf)
-        np.dot(wt, gm, col)
+        matmul_into(wt, gm, col)
         for k in range(nb * C * Hp * Wp):
             flat[k] = zero
         _col2im(col, nb, dxp, kh, kw, sh, sw, ho, wo)
@@ -359,9 +361,9 @@ def conv2d_grad_weight(x, g, dw, sh, sw, ph, pw):  # type: ignore[no-untyped-def
         if copy_g:
             gt = gtbuf[:m * Oc].reshape((m, Oc))
             _gather_g_transposed(g, n0, nb, gt)
-            np.dot(col, gt, target)
+            matmul_into(col, gt, target)
         else:
-            np.dot(col, _columns_of_g(g, n0, nb, gbuf).T, target)
+            matmul_into(col, _columns_of_g(g, n0, nb, gbuf).T, target)
         if n0 > 0:
             total += part
     for o in range(Oc):

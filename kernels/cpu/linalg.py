@@ -1,8 +1,8 @@
-"""Matrix products inside compiled steps: BLAS through np.dot, never generated loops."""
+"""Batched matrix products of sharded steps: BLAS (kernels/cpu/blas.py), never generated loops."""
 
 from __future__ import annotations
 
-import numpy as np
+from graphc.kernels.cpu.blas import matmul_into
 from numba import njit
 
 
@@ -10,4 +10,4 @@ from numba import njit
 def batched_matmul(a, b, out):  # type: ignore[no-untyped-def]
     """out[i] = a[i or 0] @ b[i or 0] for 3-D contiguous arrays; a batch of 1 broadcasts."""
     for i in range(out.shape[0]):
-        np.dot(a[i if a.shape[0] > 1 else 0], b[i if b.shape[0] > 1 else 0], out[i])
+        matmul_into(a[i if a.shape[0] > 1 else 0], b[i if b.shape[0] > 1 else 0], out[i])

@@ -15,8 +15,8 @@ nanoseconds.
 
 Generated kernels read their blocks with the helpers below: `address(v)` (an int64 block
 entry as a `void*` for `numba.carray`), `strided(ptr, shape, strides, dtype)` (an array
-of any layout over existing memory, strides in bytes) and `gemm_f32`/`gemm_f64` (BLAS's
-matrix product on addresses).
+of any layout over existing memory, strides in bytes); matrix products call
+kernels/cpu/blas.py's `gemm_f32`/`gemm_f64`.
 """
 
 from __future__ import annotations
@@ -95,38 +95,6 @@ def call_kernel(typingctx, function, block):  # type: ignore[no-untyped-def]
     return types.int64(types.int64, types.int64), codegen
 
 
-def _gemm(float_type: ir.Type, kind: str):  # type: ignore[no-untyped-def]
-    """A `gemm(transa, transb, m, n, k, a, lda, b, ldb, c, ldc)` intrinsic for one float type:
-    column-major c (m, n) = op(a) op(b) through the BLAS Numba links (`numba_xxgemm`, SciPy's
-    BLAS), called by name so the machine code can be kept and loaded in another process.
-    Every argument an int64: transposes as ord("n") or ord("t"), addresses, sizes."""
-    @intrinsic
-    def gemm(typingctx, transa, transb, m, n, k, a, lda, b, ldb, c, ldc):  # type: ignore
-        def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-            char, i64 = ir.IntType(8), ir.IntType(64)
-            voidp = ir.IntType(8).as_pointer()
-            fnty = ir.FunctionType(ir.IntType(32), [char, char, char, i64, i64, i64, voidp,
-                                                    voidp, i64, voidp, i64, voidp, voidp, i64])
-            fn = cgutils.get_or_insert_function(builder.module, fnty, "numba_xxgemm")
-            alpha = cgutils.alloca_once_value(builder, ir.Constant(float_type, 1.0))
-            beta = cgutils.alloca_once_value(builder, ir.Constant(float_type, 0.0))
-            ta, tb, m_, n_, k_, a_, lda_, b_, ldb_, c_, ldc_ = args
-            status = builder.call(fn, [
-                ir.Constant(char, ord(kind)), builder.trunc(ta, char), builder.trunc(tb, char),
-                m_, n_, k_, builder.bitcast(alpha, voidp), builder.inttoptr(a_, voidp), lda_,
-                builder.inttoptr(b_, voidp), ldb_, builder.bitcast(beta, voidp),
-                builder.inttoptr(c_, voidp), ldc_])
-            return builder.sext(status, i64)
-
-        return types.int64(*([types.int64] * 11)), codegen
-
-    return gemm
-
-
-gemm_f32 = _gemm(ir.FloatType(), "s")
-gemm_f64 = _gemm(ir.DoubleType(), "d")
-
-
 #: The signature of the executor: (kernel addresses, block addresses, check flags, count,
 #: whether to run checks, where to write the stopping status) -> the index of the
 #: instruction that stopped the step, or -1.
@@ -150,10 +118,14 @@ def kernel(functions, blocks, is_check, count, check, status):
 
 @functools.cache
 def library_digest() -> str:
-    """sha256 (16 hex digits) of this file: generated kernels use its helpers, and Numba's
-    cache of a kernel does not notice a change in them. Read once per process."""
-    with open(__file__, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()[:16]
+    """sha256 (16 hex digits) of this file and kernels/cpu/blas.py: generated kernels use
+    their helpers, and Numba's cache of a kernel does not notice a change in them. Read once
+    per process."""
+    digest = hashlib.sha256()
+    for name in (__file__, os.path.join(os.path.dirname(__file__), "blas.py")):
+        with open(name, "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()[:16]
 
 
 # -- machine code -----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The BLAS thread count of the OpenBLAS that Numba's `np.dot` calls (SciPy's copy).
+"""The BLAS thread count of the OpenBLAS compiled steps call (SciPy's copy).
 
 Small matrix products run faster on one thread: with several, OpenBLAS spends more time
 waking and synchronising threads than multiplying (measured: a 64-128-128-10 MLP step took
@@ -10,38 +10,18 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-import glob
 import os
 from collections.abc import Iterator
 from typing import Any
 
-from graphc.kernels.cpu.blas_arch import import_cython_blas
+from graphc.kernels.cpu.blas_arch import SETTERS, openblas_library
 
-_SETTERS = ("scipy_openblas_set_num_threads", "openblas_set_num_threads")
 _GETTERS = ("scipy_openblas_get_num_threads", "openblas_get_num_threads")
 _CORENAMES = ("scipy_openblas_get_corename", "openblas_get_corename")
 
 
-@functools.cache
-def _library() -> ctypes.CDLL | None:
-    """SciPy's OpenBLAS (the copy Numba's `np.dot` calls), loaded on first use, or None."""
-    if import_cython_blas() is None:
-        return None
-    import scipy
-
-    libs = os.path.join(os.path.dirname(os.path.dirname(scipy.__file__)), "scipy.libs")
-    for path in sorted(glob.glob(os.path.join(libs, "libscipy_openblas*.so*"))):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        if any(hasattr(lib, n) for n in _SETTERS):
-            return lib
-    return None
-
-
 def _function(names: tuple[str, ...]) -> Any:
-    lib = _library()
+    lib = openblas_library()
     return next((getattr(lib, n) for n in names if hasattr(lib, n)), None) if lib else None
 
 
@@ -55,8 +35,8 @@ def core_name() -> str:
 
 
 def available() -> bool:
-    """Whether the thread count of Numba's BLAS can be controlled here."""
-    return _function(_SETTERS) is not None
+    """Whether the thread count of the compiled steps' BLAS can be controlled here."""
+    return _function(SETTERS) is not None
 
 
 def current_threads() -> int | None:
@@ -75,7 +55,7 @@ def max_threads() -> int:
 def set_blas_threads(n: int) -> None:
     """Use `n` BLAS threads from now on (benchmarks; a compiled step sets its own count for
     the call and then restores this one: `blas_threads`)."""
-    setter = _function(_SETTERS)
+    setter = _function(SETTERS)
     if setter is not None:
         setter(int(n))
 
@@ -84,7 +64,7 @@ def set_blas_threads(n: int) -> None:
 def blas_threads(n: int) -> Iterator[None]:
     """Run the block with `n` BLAS threads, then put back the count set before (SciPy's
     OpenBLAS is shared with the rest of the process)."""
-    setter, before = _function(_SETTERS), current_threads()
+    setter, before = _function(SETTERS), current_threads()
     if setter is None or before is None or before == n:
         yield
         return

@@ -5,6 +5,7 @@ sharding (GRAPHC_SHARDS > 1) the step is instead one njit function with parallel
 
 from __future__ import annotations
 
+import importlib
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,6 @@ from graphc.backends.cpu.runtime import ProgramFunction
 from graphc.codegen.cache import CacheStats, load_module, purge, write_module
 from graphc.errors import GraphError, user_location
 from graphc.ir import Graph
-from graphc.kernels.cpu.blas_arch import import_cython_blas
 from graphc.kernels.cpu.threads import core_name, shard_count
 from graphc.optim import Optimizer
 from graphc.passes import LOWERING_CPU
@@ -34,9 +34,10 @@ def require() -> None:
 
 
 def prepare() -> None:
-    """Called before the graph passes: load SciPy's OpenBLAS (the matrix products' BLAS,
-    kernels/cpu/blas_arch.py) and start compile workers early if the cache is cold."""
-    import_cython_blas()
+    """Called before the graph passes: load SciPy's OpenBLAS and bind the routines compiled
+    code calls (importing kernels/cpu/blas.py; kept machine code needs them bound before it
+    is loaded), and start compile workers early if the cache is cold."""
+    importlib.import_module("graphc.kernels.cpu.blas")
     prestart_workers(write_module("graphc_kernel", executor_source())[1])
 
 

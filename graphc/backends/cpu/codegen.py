@@ -720,7 +720,7 @@ def gemm_source(dtype: str, layout_a: int | str = 0, layout_b: int | str = 0) ->
              f"           pc + i * (m * n * {item}), n)"]
     title = f"matrix product {dtype}" + (f" ({layout_a}, {layout_b})" if layout_a or layout_b
                                          else "")
-    return _source("exact", title, body, f"from graphc.kernels.cpu.program import {gemm}\n")
+    return _source("exact", title, body, f"from graphc.kernels.cpu.blas import {gemm}\n")
 
 
 def copy_source(dtype: str, rank: int) -> str:

@@ -216,6 +216,7 @@ class StepWriter:
         shards = "graphc.kernels.cpu.shards"
         versions += [f"# {shards} sha256 {module_digest(shards)}"] if self.region_sources else []
         lines = ["import numpy as np", "from numba import njit, prange", "", *versions,
+                 "from graphc.kernels.cpu.blas import matmul_into",
                  "from graphc.kernels.cpu.linalg import batched_matmul",
                  "from graphc.kernels.cpu.checks import all_finite",
                  "from graphc.kernels.cpu.shards import extreme_partials, sum_partials",
@@ -375,7 +376,7 @@ class StepWriter:
         a, b = (self.value(i) for i in node.inputs)
         out = self.bind_store(node.id)
         if len(node.shape) == 2:
-            self.body.append(f"np.dot({a}, {b}, {out})")
+            self.body.append(f"matmul_into({a}, {b}, {out})")
             return
         na, nb = (self.graph.nodes[i] for i in node.inputs)
         batch = len(node.shape) - 2

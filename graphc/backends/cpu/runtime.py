@@ -19,7 +19,6 @@ import numpy as np
 from graphc.backends.cpu.codegen import Program
 from graphc.errors import GraphError
 from graphc.ir import Graph
-from graphc.kernels.cpu.conv import largest_gemm_flops
 from graphc.kernels.cpu.program import STATUS_INDEX_RANGE, STATUS_NOT_FINITE
 from graphc.kernels.cpu.threads import blas_threads, threads_for
 from graphc.ops.scan import ShapeOnly
@@ -154,6 +153,8 @@ def _product_flops(node: Any, shapes: dict[int, tuple]) -> float:
         return 2.0 * math.prod(shapes[node.id]) * shapes[node.inputs[0]][-1]
     if node.op not in _CONV_OPERANDS:
         return 0.0
+    from graphc.kernels.cpu.conv import largest_gemm_flops  # (it loads the BLAS library)
+
     weight, out = (shapes[node.id] if k is None else shapes[node.inputs[k]]
                    for k in _CONV_OPERANDS[node.op])
     return largest_gemm_flops(out[0], weight, out[2] * out[3])

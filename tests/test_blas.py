@@ -1,0 +1,91 @@
+"""The matrix products of compiled code (kernels/cpu/blas.py): `matmul_into` against numpy
+for every layout BLAS reads in place and for those it cannot, and a warm start that calls
+SciPy's OpenBLAS without importing `scipy.linalg`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from graphc.kernels.cpu.blas import matmul_into
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# float64 products of O(1) values over k <= 40 terms: BLAS and numpy may sum in different
+# orders, ~k ulps apart; float32 likewise at its own epsilon.
+TOL = {np.float64: 1e-12, np.float32: 1e-5}
+
+
+def _layouts(rng: np.random.Generator, rows: int, cols: int, dtype: type) -> dict:
+    """A (rows, cols) matrix stored six ways: C, Fortran, a row-padded slice, a transposed
+    slice, every other column (no unit stride: copied) and reversed rows (copied)."""
+    base = rng.standard_normal((rows, cols)).astype(dtype)
+    wide = np.zeros((rows, cols + 3), dtype)
+    wide[:, :cols] = base
+    tall = np.zeros((cols, rows + 2), dtype)
+    tall[:, :rows] = base.T
+    spaced = np.zeros((rows, 2 * cols), dtype)
+    spaced[:, ::2] = base
+    return {"C": base, "F": np.asfortranarray(base), "padded rows": wide[:, :cols],
+            "transposed slice": tall[:, :rows].T, "strided columns": spaced[:, ::2],
+            "reversed rows": base[::-1].copy()[::-1]}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("m", "k", "n"), [(5, 7, 3), (1, 6, 4), (6, 1, 5), (4, 6, 1),
+                                           (1, 1, 1), (17, 40, 9)])
+def test_matmul_into_matches_numpy_for_every_layout(dtype: type, m: int, k: int,
+                                                    n: int) -> None:
+    rng = np.random.default_rng(m * 100 + k * 10 + n)
+    lefts, rights = _layouts(rng, m, k, dtype), _layouts(rng, k, n, dtype)
+    want = lefts["C"].astype(np.float64) @ rights["C"].astype(np.float64)
+    for out_name, out in _layouts(rng, m, n, dtype).items():
+        for a_name, a in lefts.items():
+            for b_name, b in rights.items():
+                out[...] = np.nan
+                matmul_into(a, b, out)
+                err = np.max(np.abs(out - want)) / max(1.0, np.max(np.abs(want)))
+                assert err <= TOL[dtype], (a_name, b_name, out_name, err)
+
+
+@pytest.mark.parametrize(("m", "k", "n"), [(0, 3, 4), (3, 0, 4), (3, 4, 0)])
+def test_matmul_into_with_an_empty_axis(m: int, k: int, n: int) -> None:
+    a, b = np.ones((m, k)), np.ones((k, n))
+    out = np.full((m, n), np.nan)
+    matmul_into(a, b, out)
+    assert np.array_equal(out, np.zeros((m, n)))     # an empty sum is 0, as in numpy
+
+
+def test_matmul_into_refuses_mismatched_shapes() -> None:
+    with pytest.raises(ValueError, match="shapes"):
+        matmul_into(np.ones((2, 3)), np.ones((4, 2)), np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="shapes"):
+        matmul_into(np.ones((2, 3)), np.ones((3, 2)), np.zeros((3, 2)))
+
+
+WARM = ("import json, sys, numpy, graphc\n"
+        "g = graphc.Graph('t', seed=0)\n"
+        "x = g.input('x', (None, 4))\n"
+        "f = graphc.compile([graphc.nn.linear(x, 3, name='fc')])\n"
+        "out = f(x=numpy.ones((2, 4), numpy.float32))\n"
+        "print(json.dumps({'linalg': 'scipy.linalg' in sys.modules,"
+        " 'out': numpy.asarray(out).tolist()}))\n")
+
+
+def test_a_warm_start_calls_blas_without_importing_scipy_linalg(tmp_path: object) -> None:
+    """The second process loads the step from the program cache: its matrix product runs
+    on SciPy's OpenBLAS, bound by symbol, and `scipy.linalg` (0.13-0.19 s to import) is
+    never imported. The first compiles, and Numba's compiler imports it."""
+    env = dict(os.environ, PYTHONPATH=REPO, GRAPHC_CACHE_DIR=str(tmp_path))
+    runs = []
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", WARM], capture_output=True, text=True,
+                              env=env, timeout=300)
+        assert done.returncode == 0, done.stderr
+        runs.append(json.loads(done.stdout.splitlines()[-1]))
+    assert runs[1]["linalg"] is False
+    assert runs[1]["out"] == runs[0]["out"]
