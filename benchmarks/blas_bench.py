@@ -1,9 +1,9 @@
 """Float32 matrix products as graphc's compiled steps run them, per OpenBLAS kernel set.
 
 For each kernel set (``GRAPHC_BLAS_CORETYPE``, see kernels/cpu/blas_arch.py) a fresh process
-times Numba's ``np.dot(a, b, out)`` on the products of the ``mnist`` workload (forward,
-weight gradient with a transposed operand) with 1 and 2 BLAS threads, and prints GFLOP/s
-(median of the rounds).
+times ``matmul_into(a, b, out)`` (kernels/cpu/blas.py) on the products of the ``mnist``
+workload (forward, weight gradient with a transposed operand) with 1 and 2 BLAS threads,
+and prints GFLOP/s (median of the rounds).
 
 Run from the repository root::
 
@@ -27,18 +27,17 @@ def measure(rounds: int) -> None:
     """In this process: GFLOP/s of each product, 1 and 2 BLAS threads."""
     sys.path.insert(0, str(REPO_ROOT))
     import numpy as np
-    from graphc.kernels.cpu.blas_arch import import_cython_blas
+
+    # importing blas loads SciPy's OpenBLAS with the kernels GRAPHC_BLAS_CORETYPE asks for
+    from graphc.kernels.cpu.blas import matmul_into
     from graphc.kernels.cpu.threads import core_name, set_blas_threads
     from numba import njit
-
-    import graphc  # noqa: F401
 
     @njit(nogil=True)
     def ten_products(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
         for _ in range(10):
-            np.dot(a, b, out)
+            matmul_into(a, b, out)
 
-    import_cython_blas()   # SciPy's OpenBLAS, with the kernels GRAPHC_BLAS_CORETYPE asks for
     rng = np.random.default_rng(0)
     for threads in (1, 2):
         set_blas_threads(threads)

@@ -46,6 +46,7 @@ print(json.dumps({"losses": [repr(v) for v in losses], "params": digest.hexdiges
 def run_train(cache_root: str, shards: int = 1) -> dict:
     env = dict(os.environ, GRAPHC_CACHE_DIR=cache_root, GRAPHC_COMPILE_WORKERS="0",
                GRAPHC_SHARDS=str(shards))
+    env.pop("NUMBA_CACHE_DIR", None)   # Numba's files of a sharded step beside its source
     env["PYTHONPATH"] = os.pathsep.join([REPO, env.get("PYTHONPATH", "")])
     done = subprocess.run([sys.executable, "-c", TRAIN], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=300)
