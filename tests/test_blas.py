@@ -89,3 +89,26 @@ def test_a_warm_start_calls_blas_without_importing_scipy_linalg(tmp_path: object
         runs.append(json.loads(done.stdout.splitlines()[-1]))
     assert runs[1]["linalg"] is False
     assert runs[1]["out"] == runs[0]["out"]
+
+
+FALLBACK = ("import json, sys, numpy, graphc\n"
+            "from graphc.kernels.cpu import blas_arch\n"
+            "blas_arch._scipy_libraries = lambda: []   # as where SciPy has no wheel's file\n"
+            "from graphc.kernels.cpu.blas import matmul_into\n"
+            "rng = numpy.random.default_rng(0)\n"
+            "a, b = rng.standard_normal((5, 7)), rng.standard_normal((7, 3))\n"
+            "out = numpy.zeros((5, 3))\n"
+            "matmul_into(a, b.T.copy().T, out)\n"
+            "print(json.dumps({'linalg': 'scipy.linalg' in sys.modules,"
+            " 'err': float(abs(out - a @ b).max())}))\n")
+
+
+def test_without_the_wheels_library_the_routines_come_from_cython_blas() -> None:
+    """Where SciPy's OpenBLAS file cannot be found (SciPy built from source, other
+    distributions), the routines are taken from `scipy.linalg.cython_blas`."""
+    env = dict(os.environ, PYTHONPATH=REPO)
+    done = subprocess.run([sys.executable, "-c", FALLBACK], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["linalg"] is True and result["err"] < 1e-12
