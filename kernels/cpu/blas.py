@@ -9,7 +9,7 @@ through Numba's `np.dot` (which imports `scipy.linalg.cython_blas`, and with it 
     gemm_f32 / gemm_f64(transa, transb, m, n, k, a, lda, b, ldb, c, ldc)
         column-major c (m, n) = op(a) op(b) on addresses (generated kernels)
     matmul_into(a, b, out)
-        out = a @ b for 2-D arrays of any strides (hand-written kernels)
+        out = a @ b for 2-D C- or Fortran-ordered arrays (hand-written kernels)
 
 Importing this module loads the library; `import graphc` does not import it (the first CPU
 compile does), so the process's BLAS libraries stay as the user's environment makes them
@@ -18,11 +18,11 @@ until then (kernels/cpu/blas_arch.py).
 
 from __future__ import annotations
 
-import numpy as np
 from graphc.kernels.cpu.blas_arch import gemm_routines
 from llvmlite import binding, ir
-from numba import njit, types
+from numba import types
 from numba.core import cgutils
+from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
 #: The symbol compiled code calls for each BLAS routine (bound below).
@@ -77,87 +77,72 @@ gemm_f32 = _gemm_on_addresses(ir.FloatType(), "s")
 gemm_f64 = _gemm_on_addresses(ir.DoubleType(), "d")
 
 _KINDS = {types.float32: ("s", ir.FloatType()), types.float64: ("d", ir.DoubleType())}
+_INT32_MAX = 2**31 - 1
 
 
 @intrinsic
-def _gemm_arrays(typingctx, transa, transb, m, n, k, a, lda, b, ldb, c, ldc):  # type: ignore
-    """gemm on the data of arrays `a`, `b`, `c` of one float dtype (from their first
-    element: views included); the other arguments integers as for gemm_f32."""
-    arrays = (a, b, c)
-    if not all(isinstance(x, types.Array) for x in arrays) \
-            or len({x.dtype for x in arrays}) != 1 or c.dtype not in _KINDS:
-        return None
-    kind, float_type = _KINDS[c.dtype]
+def matmul_into(typingctx, a, b, out):  # type: ignore[no-untyped-def]
+    """out[...] = a @ b for 2-D contiguous (C or Fortran order) float32 or float64 arrays
+    of one dtype, as `np.dot(a, b, out)`; an empty inner axis gives zeros. Raises
+    ValueError if the shapes do not match. Emitted into the caller, as Numba's `np.dot`
+    is: it compiles no function of its own."""
+    arrays = (a, b, out)
+    if not all(isinstance(x, types.Array) and x.ndim == 2 and x.layout in "CF"
+               for x in arrays) or len({x.dtype for x in arrays}) != 1 \
+            or out.dtype not in _KINDS:
+        raise TypingError("matmul_into(a, b, out) takes 2-D C- or Fortran-ordered float32 "
+                          f"or float64 arrays of one dtype, not {a}, {b}, {out}")
+    kind, float_type = _KINDS[out.dtype]
 
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        ta, tb, m_, n_, k_, a_, lda_, b_, ldb_, c_, ldc_ = args
-        i64 = ir.IntType(64)
-        data = [context.make_array(ty)(context, builder, value).data
-                for ty, value in zip(arrays, (a_, b_, c_))]
-        ints = [builder.sext(v, i64) if v.type.width < 64 else v
-                for v in (ta, tb, m_, n_, k_, lda_, ldb_, ldc_)]
-        _call_gemm(builder, float_type, kind, *ints[:5], data[0], ints[5], data[1], ints[6],
-                   data[2], ints[7])
+        arrs = [context.make_array(t)(context, builder, v) for t, v in zip(arrays, args)]
+        (m, k), (k_b, n), (m_out, n_out) = (cgutils.unpack_tuple(builder, x.shape, 2)
+                                            for x in arrs)
+
+        def raise_value_error(failed, message):  # type: ignore[no-untyped-def]
+            with builder.if_then(failed, likely=False):
+                context.call_conv.return_user_exc(builder, ValueError, (message,))
+
+        def eq(x, y):  # type: ignore[no-untyped-def]
+            return builder.icmp_signed("==", x, y)
+
+        def limit(x):  # type: ignore[no-untyped-def]
+            return builder.icmp_signed(">", x, ir.Constant(x.type, _INT32_MAX))
+
+        raise_value_error(builder.not_(builder.and_(eq(k, k_b), builder.and_(
+            eq(m, m_out), eq(n, n_out)))), "matmul_into: shapes of a, b and out do not match")
+        raise_value_error(builder.or_(limit(m), builder.or_(limit(n), limit(k))),
+                          "matmul_into: a size does not fit BLAS's 32-bit integers")
+        zero = ir.Constant(m.type, 0)
+        nothing = builder.or_(eq(m, zero), builder.or_(eq(n, zero), eq(k, zero)))
+        with builder.if_else(nothing, likely=False) as (empty, product):
+            with empty:   # an empty sum is 0 (no-op when out itself is empty)
+                out_array = arrs[2]
+                cgutils.memset(builder, out_array.data,
+                               builder.mul(out_array.nitems, out_array.itemsize), 0)
+            with product:
+                _emit_product(builder, float_type, kind, arrays, arrs, m, n, k)
         return context.get_dummy_value()
 
-    return types.none(transa, transb, m, n, k, a, lda, b, ldb, c, ldc), codegen
+    return types.none(a, b, out), codegen
 
 
-@njit(cache=True, nogil=True)
-def _major(x, rows, cols):  # type: ignore[no-untyped-def]
-    """How BLAS can read the (rows, cols) matrix `x` in place: (ord("r"), leading dimension)
-    if each row is contiguous, (ord("c"), leading dimension) if each column is, (0, 0) if
-    neither. A size-1 axis fits either way."""
-    item = x.itemsize
-    s0, s1 = x.strides[0], x.strides[1]
-    if (cols == 1 or s1 == item) and (rows == 1 or (s0 > 0 and s0 % item == 0
-                                                     and s0 // item >= cols)):
-        return ord("r"), s0 // item if rows > 1 else max(cols, 1)
-    if (rows == 1 or s0 == item) and (cols == 1 or (s1 > 0 and s1 % item == 0
-                                                     and s1 // item >= rows)):
-        return ord("c"), s1 // item if cols > 1 else max(rows, 1)
-    return 0, 0
+def _emit_product(builder, float_type, kind, types_, arrs, m, n, k) -> None:  # type: ignore
+    """The gemm call of matmul_into for non-empty sizes: an operand stored in `out`'s
+    order is read as is, the other transposed; the leading dimension of a C-ordered
+    (rows, cols) matrix is cols, of a Fortran-ordered one rows."""
+    a_type, b_type, out_type = types_
+    a, b, out = arrs
 
+    def trans(ty):  # type: ignore[no-untyped-def]
+        return ir.Constant(ir.IntType(64), ord("n" if ty.layout == out_type.layout else "t"))
 
-@njit(cache=True, nogil=True)
-def _product(a, b, out, m, n, k):  # type: ignore[no-untyped-def]
-    """out = a @ b, where BLAS can read `out` in place; operands it cannot are copied."""
-    la, lda = _major(a, m, k)
-    if la == 0:
-        a = np.ascontiguousarray(a)
-        la, lda = ord("r"), max(k, 1)
-    lb, ldb = _major(b, k, n)
-    if lb == 0:
-        b = np.ascontiguousarray(b)
-        lb, ldb = ord("r"), max(n, 1)
-    lo, ldc = _major(out, m, n)
-    # an operand stored like `out` is read as is, the other transposed
-    ta = ord("n") if la == lo else ord("t")
-    tb = ord("n") if lb == lo else ord("t")
-    if lo == ord("r"):   # row-major out = a @ b is column-major out^T = b^T a^T
-        _gemm_arrays(tb, ta, n, m, k, b, ldb, a, lda, out, ldc)
+    def lead(ty, rows, cols):  # type: ignore[no-untyped-def]
+        return cols if ty.layout == "C" else rows
+
+    if out_type.layout == "C":   # row-major out = a @ b is column-major out^T = b^T a^T
+        _call_gemm(builder, float_type, kind, trans(b_type), trans(a_type), n, m, k,
+                   b.data, lead(b_type, k, n), a.data, lead(a_type, m, k), out.data, n)
     else:
-        _gemm_arrays(ta, tb, m, n, k, a, lda, b, ldb, out, ldc)
-
-
-@njit(cache=True, nogil=True)
-def matmul_into(a, b, out):  # type: ignore[no-untyped-def]
-    """out[...] = a @ b for 2-D float32 or float64 arrays of one dtype and any strides, as
-    `np.dot(a, b, out)` (operands BLAS cannot read in place are copied first)."""
-    m, k = a.shape
-    n = b.shape[1]
-    if b.shape[0] != k or out.shape[0] != m or out.shape[1] != n:
-        raise ValueError("matmul_into: shapes of a, b and out do not match")
-    if max(m, n, k) > 2147483647:
-        raise ValueError("matmul_into: a size does not fit BLAS's 32-bit integers")
-    if m == 0 or n == 0:
-        return
-    if k == 0:
-        out[...] = 0
-        return
-    if _major(out, m, n)[0] != 0:
-        _product(a, b, out, m, n, k)
-        return
-    result = np.empty((m, n), dtype=out.dtype)
-    _product(a, b, result, m, n, k)
-    out[...] = result
+        _call_gemm(builder, float_type, kind, trans(a_type), trans(b_type), m, n, k,
+                   a.data, lead(a_type, m, k), b.data, lead(b_type, k, n), out.data, m)
