@@ -11,6 +11,10 @@ through Numba's `np.dot` (which imports `scipy.linalg.cython_blas`, and with it 
     matmul_into(a, b, out)
         out = a @ b for 2-D C- or Fortran-ordered arrays (hand-written kernels)
 
+Both are intrinsics: their code is emitted into the caller. Generated kernels name this
+file's digest (kernels/cpu/program.py `library_digest`); Numba's own cache of conv.py's and
+linalg.py's kernels does not notice a change here, so change those files with it.
+
 Importing this module loads the library; `import graphc` does not import it (the first CPU
 compile does), so the process's BLAS libraries stay as the user's environment makes them
 until then (kernels/cpu/blas_arch.py).

@@ -212,7 +212,8 @@ class StepWriter:
                          | self.call_imports)
         # library modules the step calls (Numba's cache of the step does not track them)
         versions = [f"# {m} sha256 {module_digest(m)}"
-                    for m in ("graphc.kernels.cpu.linalg", "graphc.kernels.cpu.checks")]
+                    for m in ("graphc.kernels.cpu.blas", "graphc.kernels.cpu.linalg",
+                              "graphc.kernels.cpu.checks")]
         shards = "graphc.kernels.cpu.shards"
         versions += [f"# {shards} sha256 {module_digest(shards)}"] if self.region_sources else []
         lines = ["import numpy as np", "from numba import njit, prange", "", *versions,
