@@ -280,8 +280,9 @@ def _sigmoid(e: _Emit, x: Any) -> Any:
     return e.div(num, e.add(e.f(1.0), ex))
 
 
-def _float32_function(emit: Callable[[_Emit, Any], Any], doc: str) -> Any:
-    """An intrinsic float32 -> float32 whose body `emit` writes into the caller."""
+def _float32_function(emit: Callable[[_Emit, Any], Any]) -> Any:
+    """An intrinsic float32 -> float32 whose body `emit` writes into the caller, documented
+    by `emit`'s docstring."""
     def definition(typingctx: Any, x: Any) -> Any:
         if not isinstance(x, types.Number):
             return None
@@ -293,19 +294,13 @@ def _float32_function(emit: Callable[[_Emit, Any], Any], doc: str) -> Any:
         return types.float32(x), codegen
 
     definition.__name__ = emit.__name__.lstrip("_") + "_f32"
-    definition.__doc__ = doc
+    definition.__doc__ = f"{emit.__doc__} float32 in, float32 out."
     return intrinsic(definition)
 
 
-exp_f32 = _float32_function(_exp, "e**x for a float32 ``x`` (1 ulp; inf above 88.7228, 0 "
-                                  "below -103.973).")
-expm1_f32 = _float32_function(_expm1, "e**x - 1 for a float32 ``x`` (1 ulp, relative "
-                                      "accuracy near 0).")
-log_f32 = _float32_function(_log, "Natural log of a float32 ``x`` (1 ulp; log(0)=-inf, "
-                                  "log(x<0)=NaN).")
-log1p_f32 = _float32_function(_log1p, "log(1 + x) for a float32 ``x`` (1 ulp, relative "
-                                      "accuracy near 0).")
-tanh_f32 = _float32_function(_tanh, "tanh of a float32 ``x`` (1 ulp, relative accuracy "
-                                    "near 0; saturates to +-1).")
-sigmoid_f32 = _float32_function(_sigmoid, "1 / (1 + e**-x) for a float32 ``x`` (2 ulp; NaN "
-                                          "only for a NaN ``x``).")
+exp_f32 = _float32_function(_exp)
+expm1_f32 = _float32_function(_expm1)
+log_f32 = _float32_function(_log)
+log1p_f32 = _float32_function(_log1p)
+tanh_f32 = _float32_function(_tanh)
+sigmoid_f32 = _float32_function(_sigmoid)
