@@ -41,7 +41,7 @@ from graphc.passes import (
     simplify,
     verify,
 )
-from graphc.passes.fusion import data_inputs, fuse, is_loop_op
+from graphc.passes.fusion import data_inputs, fuse, is_loop_op, values_read
 from graphc.passes.memory import plan_memory
 
 LEAVES = ("input", "param", "state", "const")
@@ -461,20 +461,6 @@ def _descendants(graph: Graph, users: dict[int, list[int]], start: set[int]) -> 
     return seen
 
 
-def _values_read(graph: Graph, roots: list[int] | None = None) -> set[int]:
-    """`roots` (default the outputs and updates) and what they read through data operands
-    (not shape references)."""
-    seen: set[int] = set()
-    stack = list(graph.outputs) + [n for _, n in graph.updates] if roots is None \
-        else list(roots)
-    while stack:
-        n = stack.pop()
-        if n not in seen:
-            seen.add(n)
-            stack.extend(data_inputs(graph.nodes[n]))
-    return seen
-
-
 def check_fusion(graph: Graph, groups: list) -> None:
     # partition of the compute nodes whose values are read (a node used only for its
     # shape is not run)
@@ -484,7 +470,7 @@ def check_fusion(graph: Graph, groups: list) -> None:
         for n in group.nodes:
             assert n not in owner, f"node {n} in two groups"
             owner[n] = k
-    read = _values_read(graph)
+    read = values_read(graph)
     assert set(owner) == {n.id for n in graph.nodes if n.op not in LEAVES and n.id in read}
     users: dict[int, list[int]] = {n.id: [] for n in graph.nodes}
     for n in graph.nodes:
@@ -495,7 +481,7 @@ def check_fusion(graph: Graph, groups: list) -> None:
         # convex: nothing outside is both downstream and upstream of the group (through
         # the values read: a shape reference orders nothing)
         down = _descendants(graph, users, members) - members
-        up = _values_read(graph, list(members)) - members
+        up = values_read(graph, list(members)) - members
         assert not (down & up), f"group {k} ({group.kind}) is not convex: {sorted(down & up)}"
         # dependency order: every operand is a leaf, a member or made by an earlier group
         for n in group.nodes:
@@ -538,7 +524,7 @@ def test_loop_groups_share_one_iteration_shape(name: str) -> None:
 
 def ancestors_users(graph: Graph, nid: int) -> list[int]:
     """The nodes that run and read `nid`'s value."""
-    read = _values_read(graph)
+    read = values_read(graph)
     return [n.id for n in graph.nodes if nid in data_inputs(n) and n.id in read]
 
 

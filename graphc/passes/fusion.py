@@ -74,12 +74,14 @@ def consumers_of(graph: Graph, among: set[int] | None = None) -> dict[int, list[
     return users
 
 
-def values_read(graph: Graph) -> set[int]:
-    """The outputs, the updates and every node whose value they read, through data operands
-    only: a node used only as a shape reference (`zeros_like(h)`, `broadcast_like(x, h)`)
-    is left out, its run-time shape follows from its operands' without running it."""
+def values_read(graph: Graph, roots: list[int] | None = None) -> set[int]:
+    """`roots` (default: the outputs and the updates) and every node whose value they read,
+    through data operands only: a node used only as a shape reference (`zeros_like(h)`,
+    `broadcast_like(x, h)`) is left out, its run-time shape follows from its operands'
+    without running it."""
     seen: set[int] = set()
-    stack = list(graph.outputs) + [nid for _, nid in graph.updates]
+    stack = list(graph.outputs) + [nid for _, nid in graph.updates] if roots is None \
+        else list(roots)
     while stack:
         nid = stack.pop()
         if nid not in seen:
