@@ -109,22 +109,16 @@ def _openblas() -> tuple[ctypes.CDLL | None, dict[str, int]]:
     The file of SciPy's wheel is loaded directly when there is exactly one that exports
     the routines: the one `scipy.linalg.cython_blas` links. Otherwise the routines come
     from `scipy.linalg.cython_blas` itself."""
-    found = []
-    for path in _scipy_libraries():
-        library = _load(path)
-        if library is not None and all(hasattr(library, f"scipy_{r}_") for r in ROUTINES):
-            found.append(library)
-    if len(found) == 1:
-        return found[0], {r: _address(getattr(found[0], f"scipy_{r}_")) for r in ROUTINES}
+    libraries = [lib for lib in map(_load, _scipy_libraries()) if lib is not None]
+    direct = [lib for lib in libraries if all(hasattr(lib, f"scipy_{r}_") for r in ROUTINES)]
+    if len(direct) == 1:
+        return direct[0], {r: _address(getattr(direct[0], f"scipy_{r}_")) for r in ROUTINES}
     module = import_cython_blas()
     if module is None:
         return None, {}
     routines = {r: _capsule_address(module.__pyx_capi__[r]) for r in ROUTINES}
-    for path in _scipy_libraries():
-        library = _load(path)
-        if library is not None and any(hasattr(library, n) for n in SETTERS):
-            return library, routines
-    return None, routines
+    controlled = (lib for lib in libraries if any(hasattr(lib, n) for n in SETTERS))
+    return next(controlled, None), routines
 
 
 def openblas_library() -> ctypes.CDLL | None:
