@@ -8,8 +8,6 @@ same elementary ops, but the fused loops and BLAS may order sums differently); f
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -139,21 +137,18 @@ def test_sharded_step_runs_a_scan_in_the_program_backend(monkeypatch: pytest.Mon
 
 
 def test_compile_time_does_not_grow_with_length() -> None:
-    """The body is compiled once: T = 512 compiles the same kernels as T = 16 (with a warm
-    kernel cache both compile in about the same time) and the program has as many calls."""
-    calls, kernels, seconds = {}, {}, {}
+    """The body is compiled once: T = 512 compiles the same kernels as T = 16 and the
+    program has as many calls (benchmarks/compile_bench.py measures the time itself)."""
+    calls, kernels = {}, {}
     for length in (16, 512):
         _g, h_final, ys = _rnn("float32", length=length)
         loss = gc.sum(h_final) + gc.sum(ys)
-        start = time.perf_counter()
         step = gc.compile(loss, optimizer=gc.optim.Adam(1e-3))
-        seconds[length] = time.perf_counter() - start
         calls[length] = len(step.code.instructions)
         kernels[length] = sorted(k.module for k in step.kernels)
         step(**_feeds("float32", length))
     assert calls[16] == calls[512]
     assert kernels[16] == kernels[512]
-    assert seconds[512] < 3 * seconds[16] + 1.0, seconds
 
 
 def test_scan_is_its_own_fusion_group_and_its_results_get_buffers() -> None:
