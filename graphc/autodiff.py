@@ -10,8 +10,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from graphc.errors import GraphError, user_location
-from graphc.ir import Graph, Value, ancestors, as_values, building_gradient, format_shape, is_float
+from graphc.errors import RUN_TIME_BROADCAST_ADVICE, GraphError, user_location
+from graphc.ir import (
+    GradientBroadcast,
+    Graph,
+    Value,
+    ancestors,
+    as_values,
+    building_gradient,
+    format_shape,
+    is_float,
+)
 from graphc.ops import OPS, add, reshape_like, sum, zeros_like
 
 
@@ -31,6 +40,13 @@ def unbroadcast(g: Value, shape: tuple, ref: Value) -> Value:
     if g.shape != shape:  # only run-time sizes differ: shapes agree at run time
         g = reshape_like(g, ref)
     return g
+
+
+def run_time_axes(g: Value, shape: tuple) -> tuple[int, ...]:
+    """Axes of an operand of `shape` known only at run time on which its gradient `g` is not
+    of size 1: `unbroadcast` cannot tell whether the operand broadcast there."""
+    lead = g.ndim - len(shape)
+    return tuple(a for a, d in enumerate(shape) if d is None and g.shape[a + lead] != 1)
 
 
 def _depends_on(graph: Graph, relevant: set[int], wrt: set[int]) -> set[int]:
@@ -151,6 +167,9 @@ def grad(y: Value, xs: Any) -> Any:
             for inp, need, gi in zip(inputs, needs, grads):
                 if not need or gi is None:
                     continue
+                axes = run_time_axes(gi, inp.shape)
+                if axes:
+                    graph.gradient_broadcasts.append(GradientBroadcast(inp.id, gi.id, nid, axes))
                 gi = unbroadcast(gi, inp.shape, inp)
                 contributions.setdefault(inp.id, []).append(gi)
 
@@ -162,6 +181,48 @@ def grad(y: Value, xs: Any) -> Any:
             with building_gradient(x.id, "zero: y does not depend on this value"):
                 results.append(zeros_like(x))
     return results[0] if single else results
+
+
+def gradient_broadcast_checks(graph: Graph) -> dict[int, list[GradientBroadcast]]:
+    """The graph's GradientBroadcast checks by the later of their two nodes: the node after
+    whose evaluation both sizes are known."""
+    checks: dict[int, list[GradientBroadcast]] = {}
+    for check in graph.gradient_broadcasts:
+        checks.setdefault(max(check.operand, check.gradient), []).append(check)
+    return checks
+
+
+def with_checked_operands(graph: Graph, live: set[int]) -> set[int]:
+    """`live` (nodes to evaluate) and what the operands of the graph's GradientBroadcast
+    checks of live gradients need: an operand's run-time shape is what its check reads."""
+    missing = [b.operand for b in graph.gradient_broadcasts
+               if b.gradient in live and b.operand not in live]
+    return live | ancestors(graph, missing) if missing else live
+
+
+def check_gradient_broadcast(graph: Graph, check: GradientBroadcast, operand: tuple,
+                             gradient: tuple) -> None:
+    """GraphError if, at the run-time shapes of `check`'s operand and gradient, the operand
+    broadcast on an axis whose size the graph left to run time, so that its gradient was
+    not summed over that axis (see GradientBroadcast)."""
+    lead = len(gradient) - len(operand)
+    for axis in check.axes:
+        if operand[axis] == 1 and gradient[axis + lead] != 1:
+            raise GraphError(_broadcast_message(graph, check, axis, gradient[axis + lead]))
+
+
+def _broadcast_message(graph: Graph, check: GradientBroadcast, axis: int, size: int) -> str:
+    operand = graph.nodes[check.operand]
+    if 0 <= check.forward < len(graph.nodes):
+        forward = graph.nodes[check.forward]
+        through = f"in {forward.op} {forward.label} built at {forward.where}"
+    else:   # the program computes that op's gradient without computing the op
+        through = "where it is used"
+    return (f"{operand.op} {operand.label} (built at {operand.where}, shape "
+            f"{format_shape(operand.shape)}) is of size 1 on axis {axis} at run time and "
+            f"broadcasts to {size} {through}. Its gradient is summed over broadcast axes "
+            f"whose sizes the graph knows, and this one it leaves to run time, so the "
+            f"gradient would be wrong: {RUN_TIME_BROADCAST_ADVICE}")
 
 
 def _scan_gradients(graph: Graph, node: Any, cotangents: dict[int, Value], relevant: set[int],

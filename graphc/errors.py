@@ -12,6 +12,12 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _KERNELS_DIR = library_folder()
 
 
+#: What to do about an operand of run-time size fed 1 that broadcasts (autodiff's and the
+#: compiled targets' checks).
+RUN_TIME_BROADCAST_ADVICE = ("declare that axis as 1 where the value comes from, or feed "
+                             "the same size to the inputs that meet there")
+
+
 class GraphError(ValueError):
     """A graph cannot be built or run as declared (shape, dtype, name or feed mismatch)."""
 

@@ -7,6 +7,11 @@ from typing import Any
 
 import numpy as np
 
+from graphc.autodiff import (
+    check_gradient_broadcast,
+    gradient_broadcast_checks,
+    with_checked_operands,
+)
 from graphc.errors import GraphError, IndexRangeError, NonFiniteError
 from graphc.feeds import check_feeds
 from graphc.ir import Graph, ancestors, as_values, format_shape
@@ -17,13 +22,14 @@ def run_nodes(graph: Graph, output_ids: list[int], feeds: Mapping[str, Any], *,
               check_finite: bool = False, params: Mapping[str, np.ndarray] | None = None
               ) -> dict[int, np.ndarray]:
     """Evaluate the nodes `output_ids` need; returns every computed value by node id."""
-    needed = sorted(ancestors(graph, output_ids))
+    needed = sorted(with_checked_operands(graph, ancestors(graph, output_ids)))
     inputs = [graph.nodes[i] for i in needed if graph.nodes[i].op == "input"]
     all_inputs = [n for n in graph.nodes if n.op == "input"]
     arrays = check_feeds(inputs, feeds, all_inputs=all_inputs)
     storage = graph.param_values if params is None else params
     values: dict[int, np.ndarray] = {}
     bad_leaves: dict[int, str] = {}   # feeds and parameters holding NaN or Inf, described
+    broadcast_checks = gradient_broadcast_checks(graph)
     with np.errstate(all="ignore"):
         for nid in needed:
             node = graph.nodes[nid]
@@ -64,6 +70,10 @@ def run_nodes(graph: Graph, output_ids: list[int], feeds: Mapping[str, Any], *,
                 if problem:
                     bad_leaves[nid] = problem
             values[nid] = result
+            for check in broadcast_checks.get(nid, ()):
+                if check.operand in values and check.gradient in values:
+                    check_gradient_broadcast(graph, check, np.shape(values[check.operand]),
+                                             np.shape(values[check.gradient]))
     if bad_leaves:   # a non-finite feed or parameter that reached no computed value
         raise NonFiniteError(next(iter(bad_leaves.values())))
     return values

@@ -57,6 +57,21 @@ class Provenance:
     rule: str
 
 
+@dataclass(frozen=True)
+class GradientBroadcast:
+    """A gradient summed to its operand's shape as it is known when the graph is built.
+
+    On `axes` the operand's size is known only at run time and `gradient`'s is not 1: the
+    sum is right only if the two sizes agree at run time (an operand fed 1 there that
+    broadcast against a larger size would need its gradient summed over that axis).
+    """
+
+    operand: int
+    gradient: int
+    forward: int
+    axes: tuple[int, ...]
+
+
 @dataclass(frozen=True, eq=False)
 class Node:
     """One operation. `attrs` hold the op's static parameters; never mutate a Node."""
@@ -148,6 +163,9 @@ class Graph:
         self.state_updates: list[tuple[str, int, int, bool]] = []
         # The running variances among those, by state name (RunningVariance).
         self.running_variances: dict[str, RunningVariance] = {}
+        # Gradients whose sum over broadcast axes holds only for run-time sizes that agree
+        # (autodiff.grad records them; runtime.check_gradient_broadcasts checks them).
+        self.gradient_broadcasts: list[GradientBroadcast] = []
         # Set by the scheduling passes (fusion, sharding, memory planning) on compiled programs.
         self.groups: list[Any] | None = None
         self.memory: Any = None
@@ -291,6 +309,7 @@ class Graph:
         other.updates = []
         other.state_updates = []
         other.running_variances = {}
+        other.gradient_broadcasts = []
         other.groups, other.memory, other.shards = None, None, None
         other._names, other._auto_names = {}, self._auto_names
         return other
@@ -305,6 +324,7 @@ class Graph:
         other.updates = list(self.updates)
         other.state_updates = list(self.state_updates)
         other.running_variances = dict(self.running_variances)
+        other.gradient_broadcasts = list(self.gradient_broadcasts)
         other._names = dict(self._names)
         return other
 

@@ -13,11 +13,18 @@ from typing import Any
 
 import numpy as np
 
-from graphc.errors import FeedError, GraphError, IndexRangeError, NonFiniteError
+from graphc.autodiff import check_gradient_broadcast, gradient_broadcast_checks
+from graphc.errors import (
+    RUN_TIME_BROADCAST_ADVICE,
+    FeedError,
+    GraphError,
+    IndexRangeError,
+    NonFiniteError,
+)
 from graphc.feeds import check_feeds
 from graphc.inspect import KernelList, format_nodes, summarize_nodes
 from graphc.interpret import run_nodes
-from graphc.ir import Graph, ancestors
+from graphc.ir import Graph, ancestors, format_shape
 from graphc.kernels.cpu.threads import blas_threads, shards_for, threads_for
 from graphc.ops import OPS
 from graphc.ops.registry import InferError
@@ -159,29 +166,70 @@ def _refuse_empty_batch(inputs: list[Any], arrays: dict[str, np.ndarray]) -> Non
 
 
 def concrete_shapes(graph: Graph, feeds: dict[str, np.ndarray]) -> dict[int, tuple]:
-    """Run-time shape of every node, or GraphError naming the node whose sizes disagree."""
-    from graphc.ops.scan import result_shapes
-
+    """Run-time shape of every node, or GraphError naming the node whose sizes disagree (or
+    the operand whose gradient these sizes would make wrong: see GradientBroadcast)."""
     shapes: dict[int, tuple] = {}
+    broadcast_checks = gradient_broadcast_checks(graph)
     for node in graph.nodes:
-        if node.op == "input":
-            shapes[node.id] = feeds[node.name].shape if node.name in feeds else node.shape
-        elif node.op in ("param", "state", "const"):
-            shapes[node.id] = node.shape
-        elif node.op == "scan_out":
-            scan = graph.nodes[node.inputs[0]]
-            results = result_shapes(scan.attrs["body"], [shapes[i] for i in scan.inputs])
-            shapes[node.id] = results[node.attrs["index"]]
-        else:
-            fake = [SimpleNamespace(shape=shapes[i], dtype=graph.nodes[i].dtype, op="")
-                    for i in node.inputs]
-            try:
-                shape, _ = OPS[node.op].infer(fake, **node.attrs)
-            except InferError as err:
-                raise GraphError(f"{node.op} {node.label} built at {node.where}: {err} "
-                                 "with the sizes fed at run time") from None
-            shapes[node.id] = shape
+        shapes[node.id] = _run_time_shape(graph, node, shapes, feeds)
+        for check in broadcast_checks.get(node.id, ()):
+            check_gradient_broadcast(graph, check, shapes[check.operand],
+                                     shapes[check.gradient])
     return shapes
+
+
+#: Ops whose operands broadcast elementwise: the compiled targets index an operand's axis
+#: as broadcast only where its declared size is 1 (matmul's batch axes are read through
+#: run-time strides instead).
+_BROADCASTING_KINDS = ("elementwise",)
+_BROADCASTING_OPS = ("broadcast_to", "broadcast_like")
+
+
+def check_compiled_broadcasts(graph: Graph, shapes: dict[int, tuple]) -> None:
+    """GraphError if, at the run-time `shapes`, an operand of an elementwise op (or of a
+    broadcast) would broadcast on an axis whose size the graph leaves to run time: the
+    compiled kernels would read it as if it had the result's size there."""
+    for node in graph.nodes:
+        op = OPS.get(node.op)
+        if op is None or (op.kind not in _BROADCASTING_KINDS
+                          and node.op not in _BROADCASTING_OPS):
+            continue
+        result = shapes[node.id]
+        for nid in node.inputs[:1] if node.op in _BROADCASTING_OPS else node.inputs:
+            operand = graph.nodes[nid]
+            lead = len(result) - len(operand.shape)
+            for axis, declared in enumerate(operand.shape):
+                size = shapes[nid][axis]
+                if declared is None and size == 1 and result[axis + lead] != 1:
+                    raise GraphError(
+                        f"{node.op} {node.label} built at {node.where}: its operand "
+                        f"{operand.op} {operand.label} (built at {operand.where}, shape "
+                        f"{format_shape(operand.shape)}) is of size 1 on axis {axis} at run "
+                        f"time and would broadcast to {result[axis + lead]}. Compiled steps "
+                        f"broadcast only axes the graph knows to be 1 (gc.evaluate "
+                        f"broadcasts this one as numpy does): {RUN_TIME_BROADCAST_ADVICE}")
+
+
+def _run_time_shape(graph: Graph, node: Any, shapes: dict[int, tuple],
+                    feeds: dict[str, np.ndarray]) -> tuple:
+    if node.op == "input":
+        return feeds[node.name].shape if node.name in feeds else node.shape
+    if node.op in ("param", "state", "const"):
+        return node.shape
+    if node.op == "scan_out":
+        from graphc.ops.scan import result_shapes
+
+        scan = graph.nodes[node.inputs[0]]
+        return result_shapes(scan.attrs["body"], [shapes[i] for i in scan.inputs])[
+            node.attrs["index"]]
+    fake = [SimpleNamespace(shape=shapes[i], dtype=graph.nodes[i].dtype, op="")
+            for i in node.inputs]
+    try:
+        shape, _ = OPS[node.op].infer(fake, **node.attrs)
+    except InferError as err:
+        raise GraphError(f"{node.op} {node.label} built at {node.where}: {err} "
+                         "with the sizes fed at run time") from None
+    return shape
 
 
 class CompiledFunction:
@@ -401,7 +449,9 @@ class CompiledFunction:
         """Every node's shape for these feeds (hyperparameters included)."""
         feeds = dict(arrays)
         feeds.update({k: v.reshape(()) for k, v in self._hyper.items()})
-        return concrete_shapes(self.program, feeds)
+        shapes = concrete_shapes(self.program, feeds)
+        check_compiled_broadcasts(self.program, shapes)
+        return shapes
 
     def _prepare(self, arrays: dict[str, np.ndarray]) -> _Signature:
         shapes = self._shapes(arrays)

@@ -298,6 +298,90 @@ def test_runtime_batch_same_graph_different_sizes() -> None:
                                    rtol=CLOSED_FORM_RTOL)
 
 
+def _two_batches() -> tuple[gc.Graph, gc.Value, gc.Value]:
+    """loss = sum(h * z) + sum(h), h = x * s: x and z of run-time batch sizes that may
+    differ, s a parameter. With x fed 1 row and z 5, h broadcasts over z's rows: d/ds is
+    x * (sum of z's rows + 1), where summing the gradient of h only after the product with
+    x (what a graph that leaves the batch size to run time can do) gives x * (sum + 5)."""
+    g = graph64("two_batches")
+    x = g.input("x", (None, 3))
+    z = g.input("z", (None, 3))
+    s = g.param("s", np.array([0.5, -1.0, 2.0]))
+    h = x * s
+    return g, gc.sum(h * z) + gc.sum(h), s
+
+
+BROADCAST_MESSAGE = (r"mul %\d+ \(built at .*test_autodiff.py:\d+, shape \(None, 3\)\) is "
+                     r"of size 1 on axis 0 at run time and broadcasts to 5 .*declare that "
+                     r"axis as 1")
+
+
+def test_a_run_time_broadcast_the_gradient_cannot_sum_is_an_error() -> None:
+    """An operand fed size 1 on an axis the graph leaves to run time, broadcast there: its
+    gradient would need a sum the graph does not have. The interpreter, a compiled gradient
+    (whose forward product is gone: only the gradient's check can tell) and a training step
+    refuse these feeds (before any kernel runs, parameters untouched) instead of returning
+    x * (sum + 5) or writing 5 rows into a 1-row buffer."""
+    _g, loss, s = _two_batches()
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.standard_normal((1, 3)), "z": rng.standard_normal((5, 3))}
+    (gs,) = gc.grad(loss, [s])
+    with pytest.raises(gc.GraphError, match=BROADCAST_MESSAGE):
+        gc.evaluate(gs, feeds)
+    with pytest.raises(gc.GraphError, match=BROADCAST_MESSAGE):
+        gc.compile([gs])(**feeds)
+    step = gc.compile(loss, optimizer=gc.optim.SGD(0.1))
+    before = step.params["s"].copy()
+    with pytest.raises(gc.GraphError, match=BROADCAST_MESSAGE):
+        step(**feeds)
+    np.testing.assert_array_equal(step.params["s"], before)
+    # the forward alone is numpy's broadcast in the interpreter
+    h = feeds["x"] * before
+    np.testing.assert_allclose(gc.evaluate(loss, feeds), np.sum(h * feeds["z"]) + np.sum(h),
+                               rtol=1e-14)
+
+
+@pytest.mark.parametrize("rows", [(1, 1), (5, 5), (4, 4)])
+def test_run_time_sizes_that_agree_differentiate(rows: tuple) -> None:
+    """The same graph fed sizes that agree (1 and 1 included): exact gradients."""
+    _g, loss, s = _two_batches()
+    rng = np.random.default_rng(1)
+    x, z = rng.standard_normal((rows[0], 3)), rng.standard_normal((rows[1], 3))
+    want = (x * (z + 1.0)).sum(axis=0)
+    (gs,) = gc.grad(loss, [s])
+    for got in (gc.evaluate(gs, {"x": x, "z": z}), gc.compile([gs])(x=x, z=z)[0]):
+        np.testing.assert_allclose(got, want, rtol=CLOSED_FORM_RTOL)
+
+
+def test_a_declared_1_sums_the_broadcast() -> None:
+    """What the message advises: x declared with 1 row sums its gradient over z's rows."""
+    g = graph64("declared_1")
+    x = g.input("x", (1, 3))
+    z = g.input("z", (None, 3))
+    s = g.param("s", np.array([0.5, -1.0, 2.0]))
+    h = x * s
+    loss = gc.sum(h * z) + gc.sum(h)
+    rng = np.random.default_rng(2)
+    xv, zv = rng.standard_normal((1, 3)), rng.standard_normal((5, 3))
+    (gs,) = gc.grad(loss, [s])
+    want = (xv * (zv.sum(axis=0) + 1.0)).ravel()
+    for got in (gc.evaluate(gs, {"x": xv, "z": zv}), gc.compile([gs])(x=xv, z=zv)[0]):
+        np.testing.assert_allclose(got, want, rtol=CLOSED_FORM_RTOL)
+
+
+def test_the_gradient_of_an_input_fed_1_that_broadcast_is_an_error() -> None:
+    """gc.grad with respect to an input of run-time size fed 1 that broadcast: an error,
+    not a gradient of the broadcast shape."""
+    g = graph64("input_grad")
+    x = g.input("x", (None, 3))
+    z = g.input("z", (None, 3))
+    (gx,) = gc.grad(gc.sum(gc.tanh(x) * z), [x])
+    feeds = {"x": np.ones((1, 3)), "z": np.ones((4, 3))}
+    for run in (lambda: gc.evaluate(gx, feeds), lambda: gc.compile([gx])(**feeds)):
+        with pytest.raises(gc.GraphError, match=r"tanh %\d+ .* broadcasts to 4"):
+            run()
+
+
 # -- deep chains ------------------------------------------------------------------------
 
 CHAIN_LENGTH = 2000

@@ -289,6 +289,63 @@ def test_runtime_size_disagreement_names_the_node() -> None:
     assert "(4, 3)" in message and "Traceback" not in message
 
 
+BROADCASTS = {
+    "mul": lambda x, z: x * z,
+    "reversed": lambda x, z: z - x,
+    "after_tanh": lambda x, z: gc.tanh(x) + z,
+    "where": lambda x, z: gc.where(z > 0, x, z),
+    "maximum": lambda x, z: gc.maximum(x, z),
+    "broadcast_to": lambda x, z: gc.broadcast_to(x, (5, 3)) * 2.0,
+}
+
+
+@pytest.mark.parametrize("case", list(BROADCASTS))
+def test_a_compiled_broadcast_of_a_run_time_size_is_refused(case: str) -> None:
+    """An operand of run-time size fed 1 that broadcasts in an elementwise op: numpy's
+    broadcast in gc.evaluate; a compiled function (whose kernels index that axis with the
+    result's size) refuses these feeds, naming both nodes, instead of reading past the
+    operand's end. Sizes that agree run."""
+    g = gc.Graph("runtime_broadcast", dtype="float64")
+    x = g.input("x", (None, 3))
+    z = g.input("z", (None, 3))
+    out = gc.sum(BROADCASTS[case](x, z))
+    at = f"{__file__}:{BROADCASTS[case].__code__.co_firstlineno}"
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.standard_normal((1, 3)), "z": rng.standard_normal((5, 3))}
+    fn = gc.compile([out])
+    with pytest.raises(gc.GraphError) as info:
+        fn(**feeds)
+    message = str(info.value)
+    operand = "tanh %" if case == "after_tanh" else "input x"
+    assert f"built at {at}" in message and f"its operand {operand}" in message
+    assert "is of size 1 on axis 0 at run time and would broadcast to 5" in message
+    assert "declare that axis as 1" in message and "Traceback" not in message
+    np.testing.assert_allclose(gc.evaluate(out, feeds), eval_numpy(case, **feeds),
+                               rtol=1e-14)
+    same = {"x": rng.standard_normal((5, 3)), "z": rng.standard_normal((5, 3))}
+    np.testing.assert_allclose(fn(**same)[0], eval_numpy(case, **same), rtol=1e-14)
+
+
+def eval_numpy(case: str, x: np.ndarray, z: np.ndarray) -> float:
+    values = {"mul": lambda: x * z, "reversed": lambda: z - x,
+              "after_tanh": lambda: np.tanh(x) + z, "where": lambda: np.where(z > 0, x, z),
+              "maximum": lambda: np.maximum(x, z),
+              "broadcast_to": lambda: np.broadcast_to(x, (5, 3)) * 2.0}
+    return float(np.sum(values[case]()))
+
+
+def test_a_static_1_broadcasts_in_compiled_functions() -> None:
+    """What the message advises: an axis declared 1 broadcasts in compiled functions."""
+    g = gc.Graph("static_broadcast", dtype="float64")
+    x = g.input("x", (1, 3))
+    z = g.input("z", (None, 3))
+    out = gc.sum(gc.tanh(x) * z)
+    rng = np.random.default_rng(1)
+    feeds = {"x": rng.standard_normal((1, 3)), "z": rng.standard_normal((5, 3))}
+    np.testing.assert_allclose(gc.compile([out])(**feeds)[0],
+                               np.sum(np.tanh(feeds["x"]) * feeds["z"]), rtol=1e-14)
+
+
 def test_check_finite_names_the_node_and_line() -> None:
     g = gc.Graph("nan")
     x = g.input("x", (2,))

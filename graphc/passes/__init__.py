@@ -8,7 +8,7 @@ from collections.abc import Callable
 from graphc.errors import GraphError
 from graphc.ir import Graph
 from graphc.passes.cse import eliminate_common_subexpressions
-from graphc.passes.dce import eliminate_dead_code
+from graphc.passes.dce import drop_unused_gradient_checks, eliminate_dead_code
 from graphc.passes.fusion import fuse
 from graphc.passes.matmul import flatten_matmuls
 from graphc.passes.memory import plan_memory
@@ -17,8 +17,8 @@ from graphc.passes.simplify import simplify
 
 Pass = Callable[[Graph], Graph]
 
-PIPELINE: list[Pass] = [simplify, eliminate_common_subexpressions, simplify,
-                        eliminate_dead_code]
+PIPELINE: list[Pass] = [drop_unused_gradient_checks, simplify,
+                        eliminate_common_subexpressions, simplify, eliminate_dead_code]
 
 # Rewrites for the CPU target that keep every value up to the order in which floating-point
 # sums are taken (so not bitwise, unlike PIPELINE): run after PIPELINE, before SCHEDULE.
@@ -100,5 +100,6 @@ def optimize(graph: Graph, passes: list[Pass] | None = None,
 
 
 __all__ = ["LOWERING_CPU", "PIPELINE", "SCHEDULE", "SCHEDULE_CUDA",
-           "eliminate_common_subexpressions", "eliminate_dead_code", "flatten_matmuls", "fusion",
-           "memory_planning", "optimize", "schedule_subgraph", "sharding", "simplify", "verify"]
+           "drop_unused_gradient_checks", "eliminate_common_subexpressions",
+           "eliminate_dead_code", "flatten_matmuls", "fusion", "memory_planning", "optimize",
+           "schedule_subgraph", "sharding", "simplify", "verify"]

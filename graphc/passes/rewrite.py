@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from graphc.ir import Graph, Node, Provenance
+from graphc.ir import GradientBroadcast, Graph, Node, Provenance
 
 
 class Rewriter:
@@ -51,6 +51,12 @@ class Rewriter:
         g = self.target
         g.outputs = [self.mapping[o] for o in self.source.outputs]
         g.updates = [(name, self.mapping[o]) for name, o in self.source.updates]
+        # a check whose operand or gradient was dropped has nothing left to check
+        g.gradient_broadcasts = [
+            GradientBroadcast(self.mapping[b.operand], self.mapping[b.gradient],
+                              self.mapping.get(b.forward, -1), b.axes)
+            for b in self.source.gradient_broadcasts
+            if b.operand in self.mapping and b.gradient in self.mapping]
         return g
 
 

@@ -138,3 +138,24 @@ def test_a_nan_parameter_is_named_on_cuda() -> None:
     step.sync_to_device()
     with pytest.raises(gc.NonFiniteError, match=r"parameter .fc2\.w. holds a non-finite value"):
         step(x=np.ones((2, 4), dtype=np.float32), y=np.array([0, 1]))
+
+
+@pytest.mark.parametrize("target", ["cpu", "cuda"])
+def test_a_run_time_size_fed_1_that_broadcasts_is_refused_before_the_update(target) -> None:
+    """x of run-time batch size fed 1 row against y's 4: the kernels would index x with
+    the result's rows. Both targets refuse the feeds, naming the product, and leave the
+    parameters as they were; feeds whose sizes agree train."""
+    g = gc.Graph("cuda_broadcast", seed=0)
+    x = g.input("x", (None, 3))
+    y = g.input("y", (None, 3))
+    h = gc.tanh(gc.nn.linear(x, 3, name="fc"))
+    product, at = h * y, here()
+    step = gc.compile(gc.mean(product), optimizer=gc.optim.SGD(lr=0.1), target=target)
+    before = {k: v.copy() for k, v in step.params.items()}
+    feeds = {"x": np.ones((1, 3), dtype=np.float32), "y": np.ones((4, 3), dtype=np.float32)}
+    with pytest.raises(gc.GraphError, match="is of size 1 on axis 0 at run time") as info:
+        step(**feeds)
+    assert f"built at {at}" in str(info.value)
+    for name, value in step.params.items():
+        np.testing.assert_array_equal(value, before[name])
+    assert np.isfinite(step(x=np.ones((4, 3), dtype=np.float32), y=feeds["y"]))

@@ -23,7 +23,13 @@ from graphc.kernels.cpu.program import STATUS_INDEX_RANGE, STATUS_NOT_FINITE
 from graphc.kernels.cpu.threads import blas_threads, threads_for
 from graphc.ops.scan import ShapeOnly
 from graphc.passes.memory import VIEW_OPS
-from graphc.runtime import CompiledFunction, CompileReport, _step_array, concrete_shapes
+from graphc.runtime import (
+    CompiledFunction,
+    CompileReport,
+    _step_array,
+    check_compiled_broadcasts,
+    concrete_shapes,
+)
 
 # The executor's C signature (kernels/cpu/program.py); ctypes releases the GIL for the call.
 _EXECUTOR = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
@@ -305,8 +311,9 @@ class _Resolver:
         for k, name in enumerate(names):
             shape = shapes[k][1:] if nc <= k < nc + nx else shapes[k]
             feed_shapes[name] = ShapeOnly(shape)
-        sub = build_plan(scan.graph, scan.code, concrete_shapes(scan.graph, feed_shapes), {},
-                         self.addresses)
+        body_shapes = concrete_shapes(scan.graph, feed_shapes)
+        check_compiled_broadcasts(scan.graph, body_shapes)
+        sub = build_plan(scan.graph, scan.code, body_shapes, {}, self.addresses)
         functions = np.array([self.addresses[i.kernel.module] for i in scan.code.instructions]
                              or [0], dtype=np.int64)
         carries = [self._scratch(shapes[k] or (1,), self.program.nodes[node.inputs[k]].dtype)
