@@ -164,7 +164,7 @@ class Graph:
         # The running variances among those, by state name (RunningVariance).
         self.running_variances: dict[str, RunningVariance] = {}
         # Gradients whose sum over broadcast axes holds only for run-time sizes that agree
-        # (autodiff.grad records them; runtime.check_gradient_broadcasts checks them).
+        # (autodiff.grad records them; autodiff.check_gradient_broadcast checks them).
         self.gradient_broadcasts: list[GradientBroadcast] = []
         # Set by the scheduling passes (fusion, sharding, memory planning) on compiled programs.
         self.groups: list[Any] | None = None
