@@ -178,11 +178,10 @@ def concrete_shapes(graph: Graph, feeds: dict[str, np.ndarray]) -> dict[int, tup
     return shapes
 
 
-#: Ops whose operands broadcast elementwise: the compiled targets index an operand's axis
-#: as broadcast only where its declared size is 1 (matmul's batch axes are read through
-#: run-time strides instead).
-_BROADCASTING_KINDS = ("elementwise",)
-_BROADCASTING_OPS = ("broadcast_to", "broadcast_like")
+#: Besides elementwise ops, the ops whose first operand broadcasts. The compiled targets
+#: index an operand's axis as broadcast only where its declared size is 1 (matmul's batch
+#: axes are read through run-time strides instead).
+_BROADCAST_VIEWS = ("broadcast_to", "broadcast_like")
 
 
 def check_compiled_broadcasts(graph: Graph, shapes: dict[int, tuple]) -> None:
@@ -190,12 +189,14 @@ def check_compiled_broadcasts(graph: Graph, shapes: dict[int, tuple]) -> None:
     broadcast) would broadcast on an axis whose size the graph leaves to run time: the
     compiled kernels would read it as if it had the result's size there."""
     for node in graph.nodes:
-        op = OPS.get(node.op)
-        if op is None or (op.kind not in _BROADCASTING_KINDS
-                          and node.op not in _BROADCASTING_OPS):
+        if node.op in _BROADCAST_VIEWS:
+            operands = node.inputs[:1]
+        elif node.op in OPS and OPS[node.op].kind == "elementwise":
+            operands = node.inputs
+        else:
             continue
         result = shapes[node.id]
-        for nid in node.inputs[:1] if node.op in _BROADCASTING_OPS else node.inputs:
+        for nid in operands:
             operand = graph.nodes[nid]
             lead = len(result) - len(operand.shape)
             for axis, declared in enumerate(operand.shape):
